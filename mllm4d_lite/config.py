@@ -1,0 +1,234 @@
+"""Stage configs: one dataclass per stage, defaults < YAML (``--config``) < ``--key value``.
+
+Every field has a default and a ``help`` string in its metadata. Unknown keys (in the
+YAML or on the command line) are errors, values are type-checked on load, and every
+stage saves its resolved config (plus seed and git revision) beside its outputs.
+
+Example::
+
+    @dataclass
+    class SynthConfig:
+        out: str = field(default="runs/synth", metadata={"help": "output folder"})
+        num_clips: int = field(default=4, metadata={"help": "clips to write"})
+
+    cfg = parse_config(SynthConfig, ["--num-clips", "8"], prog="mllm4d synth")
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the key and the fix."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp`` (int, float, str, bool, list, dict, Optional)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"`{name}`: bad value {value!r}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"`{name}` must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise ConfigError(f"`{name}` must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"`{name}` must be an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ConfigError(f"`{name}` must be an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"`{name}` must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"`{name}` must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"`{name}` must be a string, got {value!r}")
+        return str(value)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{name}` must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{name}` must be a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(f"{name}.{k}", v, vt) for k, v in value.items()}
+    return value
+
+
+def build_config(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+    """Make ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {source}; valid keys for {cls.__name__}: {sorted(names)}"
+        )
+    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    cfg = cls(**kwargs)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML (a flat mapping). Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (see recipes/ for the shipped ones)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def _parse_cli_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def make_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """An argparse parser with ``--config`` and one ``--key value`` option per field."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", default=None, help="recipe YAML (defaults < YAML < --key value)")
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        )
+        kind = hints[f.name]
+        extra: dict[str, Any] = {}
+        if kind is bool:
+            extra = {"nargs": "?", "const": "true"}
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper() if kind is not bool else "BOOL",
+            help=f"{f.metadata.get('help', '')} (default: {default!r})",
+            **extra,
+        )
+    return parser
+
+
+def parse_config(
+    cls: type[T], argv: Sequence[str] | None, prog: str, description: str = ""
+) -> T:
+    """Parse ``argv`` into a ``cls`` instance: defaults, then ``--config`` YAML, then flags."""
+    parser = make_parser(cls, prog, description)
+    ns = parser.parse_args(list(argv) if argv is not None else None)
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if ns.config:
+        values.update(load_yaml(ns.config))
+        source = ns.config
+    cli = {k: _parse_cli_value(v) for k, v in vars(ns).items() if k != "config"}
+    values.update(cli)
+    try:
+        cfg = build_config(cls, values, source=f"{source} / command line")
+    except ConfigError as err:
+        parser.exit(2, f"{prog}: error: {err}\n")
+    return cfg
+
+
+def git_revision() -> str:
+    """The kit's git revision (with ``-dirty``), or ``unknown`` outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_resolved(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config plus git revision and command line to ``out_dir/name``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    meta = {"git_revision": git_revision(), "command": " ".join(sys.argv)}
+    path = out_dir / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump({**data, "_meta": meta}, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a crash leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
+    """JSON through :func:`atomic_write_text`."""
+    atomic_write_text(path, json.dumps(obj, indent=indent))
