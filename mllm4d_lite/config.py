@@ -232,3 +232,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
     """JSON through :func:`atomic_write_text`."""
     atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def merge_config_classes(name: str, *classes: type) -> type:
+    """One dataclass holding the fields of several stage configs (for a command that runs
+    two stages, e.g. ``curate`` = 4D curation + QA). Field names must not collide."""
+    fields: list[tuple[str, Any, Any]] = []
+    seen: dict[str, str] = {}
+    for cls in classes:
+        hints = _field_types(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in seen:
+                raise ConfigError(f"field {f.name!r} is in both {seen[f.name]} and {cls.__name__}")
+            seen[f.name] = cls.__name__
+            kw: dict[str, Any] = {"metadata": f.metadata}
+            if f.default is not dataclasses.MISSING:
+                kw["default"] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                kw["default_factory"] = f.default_factory
+            fields.append((f.name, hints[f.name], dataclasses.field(**kw)))
+    return dataclasses.make_dataclass(name, fields)
+
+
+def split_config(merged: Any, cls: type[T]) -> T:
+    """Pull the fields of ``cls`` out of a merged config instance (validated again)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return build_config(cls, {k: v for k, v in dataclasses.asdict(merged).items() if k in names}, cls.__name__)
