@@ -1,0 +1,355 @@
+"""Answer extraction and per-question scoring, shared by evaluation and the GRPO rewards.
+
+One module, so that training is rewarded the way the benchmark is scored.
+
+Multiple-choice replies are read by :func:`extract_choice`, a deterministic extractor
+tuned against VLM4D's own LLM-judged outputs of 23 models (``scripts/bench_extraction.py``
+prints the agreement). It looks, in this order, for
+
+1. the last ``<answer>…</answer>`` block (a letter, ``(B)``, ``B: text`` or an option's text);
+2. a declared answer, the last one in the reply: "the final answer is: X",
+   "Answer: (X)", "the correct option is X", ``\\boxed{X}``, …;
+3. a reply that *is* an option: "C", "C.", "(C)", "C: left", "C) left";
+4. an option's text instead of a letter ("The man is moving towards the camera.");
+5. a lone letter closing the reply ("… so the answer is\\n\\nC").
+
+Ambiguous replies ("A or B", "A and C", two different letters) give ``None``, which is
+scored wrong and counted as "no answer". Letters inside words ("Clockwise") never count.
+
+Numeric questions use :func:`extract_number` and the VSI-Bench mean relative accuracy
+(:func:`mean_relative_accuracy`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from typing import Any, Mapping
+
+DEFAULT_LETTERS = ("A", "B", "C", "D", "E", "F")
+
+# VSI-Bench MRA thresholds, written out: 0.50, 0.55, ..., 0.95 (ten of them).
+MRA_THRESHOLDS = (0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
+
+
+# --------------------------------------------------------------------------- text helpers
+
+def normalize_text(text: Any) -> str:
+    """Option/answer text for comparison: ``str``, NFKC, case-folded, inner whitespace
+    collapsed, surrounding whitespace, quotes and closing punctuation removed.
+
+    >>> normalize_text("  To the left. ")
+    'to the left'
+    >>> normalize_text(3)
+    '3'
+    """
+    s = unicodedata.normalize("NFKC", str(text)).casefold()
+    s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    s = re.sub(r"\s+", " ", s).strip()
+    s = s.strip(" \"'`*")
+    s = re.sub(r"[\s.!;,:]+$", "", s)
+    return s.strip(" \"'`*")
+
+
+def _letters(choices: Mapping[str, Any] | None) -> tuple[str, ...]:
+    if choices:
+        return tuple(str(k).strip().upper() for k in choices)
+    return DEFAULT_LETTERS
+
+
+def _clean(response: str) -> str:
+    """Strip markup that hides letters: LaTeX boxes, ``$``, markdown emphasis, fancy quotes."""
+    s = unicodedata.normalize("NFKC", response)
+    s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    for _ in range(2):  # \boxed{\text{B}}
+        s = re.sub(r"\\(?:boxed|text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", s)
+    s = s.replace("$", "").replace("**", "").replace("__", "").replace("`", "")
+    return s
+
+
+# --------------------------------------------------------------------------- letters in a span
+
+_JOINED_LETTER = re.compile(r"\s*(?:,|/|&|\bor\b|\band\b|\bnor\b)\s*[\(\[]?([A-Za-z])(?![A-Za-z0-9'])")
+
+
+def _option_in_text(text: str, choices: Mapping[str, Any] | None, *, whole: bool) -> str | None:
+    """The one option whose text equals ``text`` (``whole``) or occurs in it as a phrase.
+
+    When several options occur, those whose text is part of another matched option's text
+    are dropped ("left" inside "left and away from the camera"); still several -> None.
+    """
+    if not choices:
+        return None
+    target = normalize_text(text)
+    if not target:
+        return None
+    found: dict[str, str] = {}
+    for letter, option in choices.items():
+        opt = normalize_text(option)
+        if not opt:
+            continue
+        if whole:
+            if target == opt:
+                found[str(letter).upper()] = opt
+        elif re.search(r"(?<![a-z0-9])" + re.escape(opt) + r"(?![a-z0-9])", target):
+            found[str(letter).upper()] = opt
+    if len(found) > 1:
+        texts = list(found.values())
+        found = {k: v for k, v in found.items()
+                 if not any(v != w and v in w for w in texts)}
+        if len(set(found.values())) == 1:  # duplicated option texts: the first letter
+            return sorted(found)[0]
+    return next(iter(found)) if len(found) == 1 else None
+
+
+def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None) -> str | None:
+    """Read a chosen option from the start of ``span`` (the text after "answer is:" etc.).
+
+    Returns a letter, ``""`` when the span is clearly ambiguous ("A or B"), or None when it
+    names no option.
+    """
+    s = span.strip().lstrip(":-=>*#\"' \t\n")
+    s = re.sub(r"^(?:option|choice|letter)\s*:?\s*", "", s, flags=re.I)
+    m = re.match(r"[\(\[]?\s*([A-Za-z])\s*(?:[\)\]]|(?![A-Za-z0-9]))", s)
+    if m:
+        letter = m.group(1).upper()
+        rest = s[m.end():]
+        lone = m.group(0).startswith(("(", "[")) or not rest.strip() or re.match(r"\s*[.:,;)!\]\n'\"]", rest)
+        if letter in letters and (m.group(1).isupper() or lone):
+            # "A car" where an option reads "A car": the text decides
+            if choices and m.group(1) == "A" and rest[:1] == " " and not lone:
+                by_text = _option_in_text(s.split("\n")[0], choices, whole=True)
+                if by_text:
+                    return by_text
+            other = _JOINED_LETTER.match(rest)
+            if other and other.group(1).upper() in letters and other.group(1).upper() != letter:
+                return ""
+            return letter
+    # the option's text instead of a letter
+    first_line = s.split("\n")[0]
+    first_sentence = re.split(r"(?<=[.!?])\s", first_line)[0]
+    for candidate in (first_line, first_sentence):
+        by_text = _option_in_text(candidate, choices, whole=True)
+        if by_text:
+            return by_text
+    return None
+
+
+# --------------------------------------------------------------------------- declared answers
+
+# Phrases that announce the chosen option, strongest first; within a tier the last one wins.
+_DECLARED_TIERS = (
+    re.compile(r"final\s+answer\s*(?:is|would\s+be|will\s+be|should\s+be|=)?\s*[:\-]?", re.I),
+    re.compile(
+        r"(?:correct|right|best|final|most\s+(?:likely|appropriate|accurate|plausible)|my)\s+"
+        r"(?:answer|option|choice)\s*(?:is|would\s+be|will\s+be|should\s+be|=)?\s*[:\-]?"
+        r"|\banswer\s*(?:is|would\s+be|will\s+be|should\s+be|=)\s*:?"
+        r"|\banswer\s*:"
+        r"|\bI\s+(?:choose|select|pick|would\s+choose|will\s+choose)\b\s*:?",
+        re.I,
+    ),
+)
+
+
+def _declared(text: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None) -> str | None:
+    for tier in _DECLARED_TIERS:
+        matches = list(tier.finditer(text))
+        for m in reversed(matches):
+            got = _letter_at_start(text[m.end():], letters, choices)
+            if got is not None:
+                return got
+    return None
+
+
+# --------------------------------------------------------------------------- public API
+
+def extract_choice(response: str | None, choices: Mapping[str, Any] | None = None) -> str | None:
+    """The option letter (upper case) a free-form reply chose, or None ("no answer").
+
+    ``choices`` maps letters to option texts (``{"A": "left", ...}``); with it, replies that
+    give an option's text instead of its letter are understood too. Without it the letters
+    A–F are accepted.
+
+    >>> extract_choice("<thinking>…</thinking><answer>B</answer>")
+    'B'
+    >>> extract_choice("Therefore, the final answer is: $\\\\boxed{D}$")
+    'D'
+    >>> extract_choice("Answer: (c) going further away")
+    'C'
+    >>> extract_choice("C: left")
+    'C'
+    >>> extract_choice("The man is walking to the left.", {"A": "right", "B": "left"})
+    'B'
+    >>> extract_choice("Clockwise") is None       # a letter inside a word is not an answer
+    True
+    >>> extract_choice("The answer is A or B") is None
+    True
+    """
+    if response is None:
+        return None
+    text = _clean(str(response)).strip()
+    if not text:
+        return None
+    letters = _letters(choices)
+
+    # 1. <answer> ... </answer> (the last one; an unclosed tag reads to the end)
+    tags = re.findall(r"<answer>(.*?)(?:</answer>|$)", text, flags=re.S | re.I)
+    for inner in reversed(tags):
+        got = _letter_at_start(inner, letters, choices)
+        if got is None:
+            got = _declared(inner, letters, choices)
+        if got is not None:
+            return got or None
+
+    # 2. a declared answer
+    got = _declared(text, letters, choices)
+    if got is not None:
+        return got or None
+
+    # 3. the reply is an option: "C", "(C)", "C.", "C: left", "C) left"
+    got = _letter_at_start(text, letters, choices)
+    if got is not None:
+        return got or None
+
+    # 4. an option's text instead of a letter: the last sentence naming exactly one option
+    if choices:
+        for sentence in reversed(re.split(r"(?<=[.!?\n])\s+", text)):
+            got = _option_in_text(sentence, choices, whole=False)
+            if got:
+                return got
+
+    # 5. a lone letter closing the reply
+    m = re.search(r"(?<![A-Za-z0-9'])[\(\[]?([A-Z])[\)\]]?[.!]?\s*$", text)
+    if m and m.group(1) in letters:
+        return m.group(1)
+    return None
+
+
+def answer_letters(answer_text: Any, choices: Mapping[str, Any]) -> list[str]:
+    """All letters whose option text equals ``answer_text`` (exactly, else after
+    :func:`normalize_text`). Benchmarks sometimes repeat an option's text; any of those
+    letters is then right."""
+    exact = [str(k).upper() for k, v in choices.items() if str(v) == str(answer_text)]
+    if exact:
+        return exact
+    target = normalize_text(answer_text)
+    return [str(k).upper() for k, v in choices.items() if normalize_text(v) == target]
+
+
+def answer_letter(answer_text: Any, choices: Mapping[str, Any]) -> str:
+    """The letter whose option text equals the entry's ``answer``.
+
+    >>> answer_letter("left", {"A": "right", "B": "left"})
+    'B'
+
+    Raises ValueError when no option or more than one option matches.
+    """
+    found = answer_letters(answer_text, choices)
+    if not found:
+        raise ValueError(f"answer {answer_text!r} matches none of the choices {dict(choices)!r}")
+    if len(found) > 1:
+        raise ValueError(f"answer {answer_text!r} matches several choices {found} of {dict(choices)!r}")
+    return found[0]
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+
+
+def extract_number(response: str | None) -> float | None:
+    """A numeric reply: the (last) number inside ``<answer>…</answer>`` if there is one,
+    else the last number of the reply; None when there is none.
+
+    >>> extract_number("<thinking>it moved 3 m</thinking><answer>2.5 m</answer>")
+    2.5
+    >>> extract_number("about 1,200.5 metres")
+    1200.5
+    """
+    if response is None:
+        return None
+    text = str(response)
+    tags = re.findall(r"<answer>(.*?)(?:</answer>|$)", text, flags=re.S | re.I)
+    for inner in reversed(tags):
+        nums = _NUMBER.findall(inner)
+        if nums:
+            return float(nums[-1].replace(",", ""))
+    nums = _NUMBER.findall(text)
+    return float(nums[-1].replace(",", "")) if nums else None
+
+
+def mean_relative_accuracy(pred: float, gt: float) -> float:
+    """VSI-Bench mean relative accuracy in [0, 1]: the fraction of the ten thresholds
+    θ ∈ {0.50, 0.55, …, 0.95} for which ``|pred − gt| / |gt| < 1 − θ``.
+
+    >>> mean_relative_accuracy(2.0, 2.0)
+    1.0
+    >>> mean_relative_accuracy(2.2, 2.0)    # 10 % off: passes θ = 0.50 … 0.85
+    0.8
+    >>> mean_relative_accuracy(4.0, 2.0)
+    0.0
+
+    ``gt == 0``: 1.0 when ``pred == 0`` else 0.0. A non-finite ``pred`` scores 0.
+    """
+    pred, gt = float(pred), float(gt)
+    if not math.isfinite(pred) or not math.isfinite(gt):
+        return 0.0
+    if gt == 0.0:
+        return 1.0 if pred == 0.0 else 0.0
+    rel_err = abs(pred - gt) / abs(gt)
+    return sum(rel_err < 1.0 - t for t in MRA_THRESHOLDS) / len(MRA_THRESHOLDS)
+
+
+def entry_answer(entry: Mapping[str, Any]) -> Any:
+    """The entry's right answer: ``answer`` (VLM4D / ours), else ``ground_truth_answer``
+    (VLM4D's judged output files)."""
+    if "answer" in entry:
+        return entry["answer"]
+    if "ground_truth_answer" in entry:
+        return entry["ground_truth_answer"]
+    raise KeyError("answer")
+
+
+def is_numeric(entry: Mapping[str, Any]) -> bool:
+    return str(entry.get("question_type", "")).lower() in ("numeric", "numerical", "number")
+
+
+def score_response(entry: Mapping[str, Any], response: str | None) -> tuple[float, str | None]:
+    """Score one reply: ``(score, extracted)``.
+
+    Multiple choice: score 1.0 when the extracted letter names an option whose text is the
+    entry's answer, else 0.0; ``extracted`` is the letter or None (no answer).
+    Numeric (``question_type == "numeric"``): score = MRA in [0, 1]; ``extracted`` is the
+    number as text or None.
+
+    Raises ValueError when the entry's answer matches no choice (a broken benchmark entry).
+    """
+    if is_numeric(entry):
+        pred = extract_number(response)
+        if pred is None:
+            return 0.0, None
+        return mean_relative_accuracy(pred, float(entry_answer(entry))), f"{pred:g}"
+    choices = entry["choices"]
+    right = answer_letters(entry_answer(entry), choices)
+    if not right:
+        raise ValueError(
+            f"entry {entry.get('id', '?')!r}: answer {entry_answer(entry)!r} matches none of its "
+            f"choices {dict(choices)!r}; fix the benchmark file"
+        )
+    letter = extract_choice(response, choices)
+    return (1.0 if letter in right else 0.0), letter
+
+
+def is_correct(entry: Mapping[str, Any], response: str | None) -> bool:
+    """True when ``response`` answers ``entry`` right.
+
+    Multiple choice: the extracted letter's option text equals ``entry["answer"]``.
+    Numeric: MRA ≥ 0.5 (i.e. within 50 % of the truth at the loosest threshold and within
+    25 % on average); the report itself averages the MRA, not this verdict.
+
+    >>> e = {"question_type": "multiple-choice", "choices": {"A": "left", "B": "right"}, "answer": "right"}
+    >>> is_correct(e, "<answer>B</answer>"), is_correct(e, "A")
+    (True, False)
+    """
+    score, _ = score_response(entry, response)
+    return score >= 0.5 if is_numeric(entry) else score == 1.0
+
