@@ -1,0 +1,61 @@
+"""`mllm4d --help` and every stage's `--help` exit 0; bad stages and config keys are clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+from mllm4d_lite import cli
+from mllm4d_lite.config import ConfigError, build_config, parse_config
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "mllm4d_lite", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_top_level_help():
+    res = run("--help")
+    assert res.returncode == 0
+    for stage in cli.STAGES:
+        assert stage in res.stdout
+
+
+@pytest.mark.parametrize("stage", list(cli.STAGES))
+def test_stage_help(stage):
+    res = run(stage, "--help")
+    assert res.returncode == 0, res.stderr
+    assert "usage" in res.stdout.lower()
+
+
+def test_unknown_stage():
+    res = run("train-everything")
+    assert res.returncode == 2 and "unknown stage" in res.stderr
+
+
+@dataclass
+class _Cfg:
+    steps: int = field(default=10, metadata={"help": "steps"})
+    lr: float = field(default=1e-4, metadata={"help": "lr"})
+    use_thing: bool = field(default=False, metadata={"help": "flag"})
+    names: list[str] = field(default_factory=lambda: ["a"], metadata={"help": "names"})
+
+
+def test_config_precedence(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps: 20\nlr: 0.001\n")
+    cfg = parse_config(_Cfg, ["--config", str(recipe), "--steps", "30", "--use-thing"], prog="t")
+    assert cfg == _Cfg(steps=30, lr=0.001, use_thing=True, names=["a"])
+
+
+def test_config_rejects_unknown_and_bad_types(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_config(_Cfg, {"stepz": 3})
+    with pytest.raises(ConfigError, match="`steps` must be an integer"):
+        build_config(_Cfg, {"steps": "many"})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stepz: 20\n")
+    with pytest.raises(SystemExit):
+        parse_config(_Cfg, ["--config", str(recipe)], prog="t")
