@@ -18,11 +18,21 @@ On disk (``<clip_id>/``)::
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+# clip.json keys with a fixed meaning; any other key is kept in Clip.meta and written back.
+_CLIP_JSON_KEYS = ("clip_id", "source", "fps", "width", "height", "num_frames", "K", "baseline_m", "license")
 
 
 class ClipError(ValueError):
@@ -56,6 +66,7 @@ class Clip:
     gt_depth_m: np.ndarray | None = None
     license: str | None = None
     path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # extra clip.json keys (seed, generator, ...)
 
     @property
     def num_frames(self) -> int:
@@ -91,3 +102,190 @@ class Clip:
             raise ClipError(f"{name}: K must be 3x3 with positive focal lengths, got {self.K.tolist()}")
         if self.masks is not None and self.masks.shape != self.left.shape[:3]:
             raise ClipError(f"{name}: masks shape {self.masks.shape} does not match frames {self.left.shape[:3]}")
+
+
+# ------------------------------------------------------------------------------------------
+# Native clip folders
+
+
+def _clip_json(clip: Clip) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "clip_id": clip.clip_id, "source": clip.source, "fps": float(clip.fps),
+        "width": clip.width, "height": clip.height, "num_frames": clip.num_frames,
+        "K": np.asarray(clip.K, float).tolist(), "baseline_m": float(clip.baseline_m),
+    }
+    if clip.license is not None:
+        data["license"] = clip.license
+    for key, value in clip.meta.items():
+        if key not in data:
+            data[key] = value
+    return data
+
+
+def _depth_arrays(depth_m: np.ndarray) -> dict[str, np.ndarray]:
+    """Compact depth storage: uint16 millimetres ("depth_mm", 0 = unknown) when every finite value
+    fits in [0.001, 65.535] m, else float32 metres ("depth_m"). Loading gives float32 metres."""
+    finite = np.isfinite(depth_m)
+    vals = depth_m[finite]
+    if vals.size and vals.min() >= 0.001 and vals.max() <= 65.535:
+        mm = np.zeros(depth_m.shape, np.uint16)
+        mm[finite] = np.round(vals * 1000.0).astype(np.uint16)
+        return {"depth_mm": mm}
+    return {"depth_m": depth_m.astype(np.float32)}
+
+
+def save_clip(clip: Clip, out_dir: str | Path, crf: int = 18) -> Path:
+    """Write ``clip`` as the native clip folder ``out_dir/<clip_id>/`` and return that path.
+
+    Files: clip.json, left.mp4, right.mp4 (H.264, ``crf``), and when present masks.npz
+    (uint16 ids + labels JSON), gt.json, gt_depth.npz (see :func:`_depth_arrays`). Everything is
+    written into a hidden temporary folder beside the target and renamed at the end, so a
+    failure leaves no half-written clip; an existing clip of the same id is replaced.
+    """
+    from mllm4d_lite.video import write_video
+
+    clip.check()
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{clip.clip_id}.tmp-", dir=out_dir))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a clip folder is as readable as any other
+    except OSError as err:
+        raise ClipError(f"cannot write into {out_dir} ({err.strerror}); choose a writable output folder") from None
+    final = out_dir / clip.clip_id
+    try:
+        (tmp / "clip.json").write_text(json.dumps(_clip_json(clip), indent=1))
+        write_video(tmp / "left.mp4", clip.left, clip.fps, crf=crf)
+        write_video(tmp / "right.mp4", clip.right, clip.fps, crf=crf)
+        if clip.masks is not None:
+            labels = json.dumps({str(k): v for k, v in clip.labels.items()})
+            np.savez_compressed(tmp / "masks.npz", masks=clip.masks.astype(np.uint16), labels=np.array(labels))
+        if clip.gt is not None:
+            (tmp / "gt.json").write_text(json.dumps(clip.gt))
+        if clip.gt_depth_m is not None:
+            np.savez_compressed(tmp / "gt_depth.npz", **_depth_arrays(np.asarray(clip.gt_depth_m)))
+        old = None
+        if final.exists():
+            old = out_dir / f".{clip.clip_id}.old-{tmp.name[-8:]}"
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    clip.path = final
+    return final
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ClipError(f"{path}: malformed JSON ({err}); fix or regenerate the {what}") from None
+
+
+def _parse_K(value: Any, path: Path) -> np.ndarray:
+    try:
+        K = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        K = np.zeros(0)
+    ok = K.shape == (3, 3) and np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0
+    ok = ok and np.allclose(K[2], [0, 0, 1]) and K[1, 0] == 0 and K[2, 0] == 0
+    if not ok:
+        raise ClipError(
+            f"{path}: bad \"K\" {value!r}; expected [[fx,0,cx],[0,fy,cy],[0,0,1]] with fx, fy > 0 (pixels)"
+        )
+    return K
+
+
+def load_clip(clip_dir: str | Path, load_depth: bool = True) -> Clip:
+    """Read a native clip folder (see the module docstring) into a :class:`Clip`.
+
+    Checks clip.json (present, valid JSON, required keys, K, baseline_m > 0), that both videos
+    decode to ``num_frames`` frames of ``width`` x ``height``, and the optional masks, gt and
+    depth files against them. Any problem raises :class:`ClipError` naming the file and the fix.
+    ``gt_depth_m`` is float32 metres (skipped when ``load_depth`` is False).
+    """
+    from mllm4d_lite.video import VideoError, read_video
+
+    clip_dir = Path(clip_dir)
+    meta_path = clip_dir / "clip.json"
+    if not clip_dir.is_dir():
+        raise ClipError(f"{clip_dir}: not a clip folder (expected a folder with clip.json, left.mp4, right.mp4)")
+    if not meta_path.is_file():
+        raise ClipError(f"{meta_path}: missing; a clip folder needs clip.json, left.mp4 and right.mp4 "
+                        "(see design.md), e.g. regenerate it with `mllm4d synth`")
+    meta = _read_json(meta_path, "clip.json")
+    if not isinstance(meta, dict):
+        raise ClipError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    missing = [k for k in ("fps", "width", "height", "num_frames", "K", "baseline_m") if k not in meta]
+    if missing:
+        raise ClipError(f"{meta_path}: missing key(s) {missing}; add them (see design.md, clip.json)")
+    K = _parse_K(meta["K"], meta_path)
+    try:
+        baseline_m, fps = float(meta["baseline_m"]), float(meta["fps"])
+        width, height, num_frames = int(meta["width"]), int(meta["height"]), int(meta["num_frames"])
+    except (TypeError, ValueError) as err:
+        raise ClipError(f"{meta_path}: non-numeric fps/width/height/num_frames/baseline_m ({err})") from None
+    if not (baseline_m > 0):
+        raise ClipError(f"{meta_path}: baseline_m must be > 0 metres, got {meta['baseline_m']}; fix the calibration")
+    if not (fps > 0) or num_frames < 1 or width < 1 or height < 1:
+        raise ClipError(f"{meta_path}: fps, num_frames, width and height must be positive, got "
+                        f"{fps}, {num_frames}, {width}, {height}")
+    views = {}
+    for view in ("left", "right"):
+        vpath = clip_dir / f"{view}.mp4"
+        try:
+            frames, _, _ = read_video(vpath, expected_frames=num_frames)
+        except VideoError as err:
+            raise ClipError(f"{err} [clip.json says num_frames={num_frames}]") from None
+        if frames.shape[1:3] != (height, width):
+            raise ClipError(f"{vpath}: frames are {frames.shape[2]}x{frames.shape[1]}, clip.json says "
+                            f"{width}x{height}; re-export the video or fix clip.json")
+        views[view] = frames
+    masks, labels = None, {}
+    mpath = clip_dir / "masks.npz"
+    if mpath.is_file():
+        with np.load(mpath, allow_pickle=False) as data:
+            if "masks" not in data:
+                raise ClipError(f"{mpath}: no 'masks' array; write masks=uint16 (N,H,W)")
+            masks = data["masks"].astype(np.uint16)
+            if "labels" in data:
+                raw = json.loads(str(data["labels"]))
+                labels = {int(k): str(v) for k, v in raw.items()}
+        if masks.shape != (num_frames, height, width):
+            raise ClipError(f"{mpath}: masks shape {masks.shape} != (num_frames, height, width) "
+                            f"{(num_frames, height, width)}; regenerate the masks")
+    gt = None
+    gpath = clip_dir / "gt.json"
+    if gpath.is_file():
+        gt = _read_json(gpath, "gt.json")
+        poses = gt.get("camera_to_world") if isinstance(gt, dict) else None
+        if poses is not None and np.asarray(poses, float).shape != (num_frames, 4, 4):
+            raise ClipError(f"{gpath}: camera_to_world must be num_frames={num_frames} 4x4 matrices, "
+                            f"got shape {np.asarray(poses, float).shape}")
+    depth = None
+    dpath = clip_dir / "gt_depth.npz"
+    if load_depth and dpath.is_file():
+        with np.load(dpath, allow_pickle=False) as data:
+            if "depth_mm" in data:
+                mm = data["depth_mm"]
+                depth = mm.astype(np.float32) / np.float32(1000.0)
+                depth[mm == 0] = np.nan
+            elif "depth_m" in data:
+                depth = data["depth_m"].astype(np.float32)
+            else:
+                raise ClipError(f"{dpath}: expected a 'depth_m' (float32 m) or 'depth_mm' (uint16 mm) array")
+        if depth.shape != (num_frames, height, width):
+            raise ClipError(f"{dpath}: depth shape {depth.shape} != {(num_frames, height, width)}")
+    clip = Clip(
+        clip_id=str(meta.get("clip_id", clip_dir.name)), left=views["left"], right=views["right"],
+        K=K, baseline_m=baseline_m, fps=fps, source=str(meta.get("source", "unknown")),
+        masks=masks, labels=labels, gt=gt, gt_depth_m=depth, license=meta.get("license"),
+        path=clip_dir, meta={k: v for k, v in meta.items() if k not in _CLIP_JSON_KEYS},
+    )
+    clip.check()
+    return clip
