@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -896,8 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_writable(out)
     except ClipError as err:
-        log.error("%s", err)
-        print(f"mllm4d synth: error: {err}")
+        sys.stderr.write(f"mllm4d synth: error: {err}\n")
         return 2
     from tqdm import tqdm
 
@@ -907,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
         seed = cfg.seed + i
         clip = generate_clip(seed, cfg.frames, width, height, cfg.fps, baseline_m=cfg.baseline_m,
                              hfov_deg=cfg.hfov_deg, noise_std=cfg.noise_std, blur_sigma=cfg.blur_sigma)
-        clip.meta["command"] = "mllm4d synth " + " ".join(argv if argv is not None else os.sys.argv[1:])
+        clip.meta["command"] = "mllm4d synth " + " ".join(argv if argv is not None else sys.argv[1:])
         path = save_clip(clip, out, crf=cfg.crf)
         if cfg.plot:
             plot_trajectories(clip, path / "trajectory.png")

@@ -1,0 +1,327 @@
+"""Synthetic clips: geometry checked against the exact ground truth, determinism, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mllm4d_lite import synth
+from mllm4d_lite.clip import load_clip
+from mllm4d_lite.synth import SceneOptions, build_scene, generate_clip, render_view
+
+W, H, N = 160, 120, 6  # small clips keep the suite fast
+SEEDS = list(range(8))
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return {s: generate_clip(s, N, W, H, fps=8.0, num_objects=4 if s % 2 else None) for s in SEEDS}
+
+
+def _project(K, cam_to_world, p_world):
+    p = cam_to_world[:3, :3].T @ (np.asarray(p_world) - cam_to_world[:3, 3])
+    return K[0, 0] * p[0] / p[2] + K[0, 2], K[1, 1] * p[1] / p[2] + K[1, 2], p[2]
+
+
+def test_clip_contents(clips):
+    for seed, clip in clips.items():
+        assert clip.left.shape == clip.right.shape == (N, H, W, 3) and clip.left.dtype == np.uint8
+        assert clip.masks.shape == (N, H, W) and clip.masks.dtype == np.uint16
+        assert clip.gt_depth_m.shape == (N, H, W) and clip.gt_depth_m.dtype == np.float32
+        assert np.all(np.isfinite(clip.gt_depth_m)) and clip.gt_depth_m.min() > 0.3
+        assert clip.source == "synthetic" and clip.meta["seed"] == seed and clip.license
+        objs = clip.gt["objects"]
+        assert 1 <= len(objs) <= 4
+        assert len({o["label"] for o in objs}) == len(objs)          # names a question can use
+        assert len({o["shape"] for o in objs}) == len(objs)
+        assert len({o["color"] for o in objs}) == len(objs)
+        assert set(clip.labels) == {o["id"] for o in objs}
+        for o in objs:
+            assert o["label"] == f"{o['color']} {o['shape']}"
+            assert np.asarray(o["centers_world"]).shape == (N, 3)
+            assert len(o["yaw_rad"]) == len(o["visible"]) == N
+            counts = [(clip.masks[i] == o["id"]).sum() for i in range(N)]
+            assert o["visible"] == [c >= 20 for c in counts]
+
+
+def test_camera_poses_are_rigid(clips):
+    for clip in clips.values():
+        poses = np.asarray(clip.gt["camera_to_world"])
+        assert poses.shape == (N, 4, 4)
+        np.testing.assert_allclose(poses[0], np.eye(4), atol=1e-9)  # world = left camera at frame 0
+        for T in poses:
+            R = T[:3, :3]
+            np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-6)
+            assert abs(np.linalg.det(R) - 1) < 1e-6
+            np.testing.assert_allclose(T[3], [0, 0, 0, 1])
+
+
+def test_centres_project_into_masks(clips):
+    """Each visible object's true centroid projects on (or within 2 px of) its mask, unless
+    another object covers that spot; the depth map there lies in front of the centroid."""
+    checked = skipped = 0
+    for clip in clips.values():
+        poses = np.asarray(clip.gt["camera_to_world"])
+        for o in clip.gt["objects"]:
+            size = max(o["dims_m"])
+            for i in range(N):
+                if not o["visible"][i]:
+                    continue
+                u, v, z = _project(clip.K, poses[i], o["centers_world"][i])
+                ui, vi = int(round(u)), int(round(v))
+                if not (0 <= ui < W and 0 <= vi < H):
+                    skipped += 1  # centre outside the image: object cut by the border
+                    continue
+                owner = clip.masks[i, vi, ui]
+                if owner not in (0, o["id"]):
+                    skipped += 1  # occluded at the centre by a nearer object
+                    continue
+                mask = (clip.masks[i] == o["id"]).astype(np.uint8)
+                dist = cv2.distanceTransform(1 - mask, cv2.DIST_L2, 5)[vi, ui]
+                assert dist <= 2.0, (clip.clip_id, o["label"], i, dist)
+                if owner == o["id"]:
+                    d = clip.gt_depth_m[i, vi, ui]
+                    assert z - size <= d <= z + 1e-3, (clip.clip_id, o["label"], i, d, z)
+                checked += 1
+    assert checked > 0.8 * (checked + skipped) and checked > 50
+
+
+def test_mask_points_lie_on_the_true_solid(clips):
+    """Back-project every masked pixel with the true depth and pose, move it into the object's
+    frame with the true centre and yaw: it must lie on the object's solid (this fixes the yaw
+    convention: a box turned the wrong way would stick out of its footprint)."""
+    tested = 0
+    for clip in clips.values():
+        poses = np.asarray(clip.gt["camera_to_world"])
+        Kinv = np.linalg.inv(clip.K)
+        ground_y = clip.gt["ground_y_m"]
+        for o in clip.gt["objects"]:
+            length, height, width = o["dims_m"]
+            for i in range(0, N, 2):
+                vs, us = np.nonzero(clip.masks[i] == o["id"])
+                if len(us) < 20:
+                    continue
+                rays = Kinv @ np.stack([us, vs, np.ones_like(us)]).astype(float)
+                pts_cam = rays * clip.gt_depth_m[i, vs, us]
+                pts = poses[i][:3, :3] @ pts_cam + poses[i][:3, 3:4]
+                base = np.asarray(o["centers_world"][i])
+                yaw = o["yaw_rad"][i]
+                rel = pts - np.array([base[0], ground_y, base[2]])[:, None]
+                lu = math.cos(yaw) * rel[0] + math.sin(yaw) * rel[2]
+                lw = -math.sin(yaw) * rel[0] + math.cos(yaw) * rel[2]
+                ly = rel[1]
+                tol = 0.02
+                assert ly.max() <= tol and ly.min() >= -height - tol
+                if o["shape"] == "cube":
+                    assert np.abs(lu).max() <= length / 2 + tol and np.abs(lw).max() <= width / 2 + tol
+                    # points touch the faces: the max extent is attained on some face
+                    assert max(np.abs(lu).max() - length / 2, np.abs(lw).max() - width / 2, -ly.min() - height) > -tol
+                elif o["shape"] == "sphere":
+                    r = length / 2
+                    dist = np.sqrt(lu ** 2 + (ly + r) ** 2 + lw ** 2)
+                    assert np.abs(dist - r).max() <= tol
+                else:
+                    rad = np.hypot(lu, lw)
+                    allowed = length / 2 if o["shape"] == "cylinder" else (length / 2) * (ly + height) / height
+                    assert (rad - allowed).max() <= tol
+                tested += 1
+    assert tested > 20
+
+
+def test_yaw_convention_matches_motion():
+    """An object driving along an arc moves along its heading (cos yaw, sin yaw) in x-z."""
+    found = 0
+    for seed in range(40):
+        scene = build_scene(seed, 16, 320, 240, 8.0, SceneOptions())
+        for obj in scene.objects:
+            if obj.motion.startswith("arc"):
+                step = np.diff(obj.base_world[:, [0, 2]], axis=0)
+                mid = 0.5 * (obj.yaw_rad[1:] + obj.yaw_rad[:-1])
+                heading = np.stack([np.cos(mid), np.sin(mid)], 1)
+                cos = (step * heading).sum(1) / np.linalg.norm(step, axis=1)
+                assert cos.min() > 0.999
+                turned_left = obj.yaw_rad[-1] > obj.yaw_rad[0]
+                assert obj.motion == ("arc_left" if turned_left else "arc_right")
+                found += 1
+    assert found >= 3
+
+
+def test_motion_magnitudes_and_ground_contact():
+    counts_moving = set()
+    for seed in range(40):
+        scene = build_scene(seed, 16, 320, 240, 8.0, SceneOptions())
+        cam = scene.cam_to_world[:, :3, 3]
+        travel = np.linalg.norm(cam[-1] - cam[0])
+        assert travel == 0 or travel >= 0.5
+        pan = abs(scene.cam_yaw_rad[-1] - scene.cam_yaw_rad[0])
+        assert pan == 0 or pan >= math.radians(15)
+        if scene.camera_motion == "static":
+            assert travel == 0 and pan == 0
+        moving = 0
+        for obj in scene.objects:
+            c = obj.centers_world()
+            np.testing.assert_allclose(c[:, 1] + obj.centroid_height_m, scene.ground_y_m)  # on the ground
+            disp = np.linalg.norm(c[-1] - c[0])
+            turn = abs(obj.yaw_rad[-1] - obj.yaw_rad[0])
+            if obj.motion == "static":
+                assert np.all(c == c[0]) and np.all(obj.yaw_rad == obj.yaw_rad[0])
+            else:
+                moving += 1
+                assert disp >= 0.5 or turn >= math.radians(15), (seed, obj.motion, disp, turn)
+            dist = np.linalg.norm(c[:, [0, 2]] - cam[:, [0, 2]], axis=1)
+            assert dist.min() >= 1.5 and dist.max() <= 9.5
+        counts_moving.add(moving)
+    assert len(counts_moving) >= 3  # counting questions get varied answers
+
+
+def _bilinear(img, x, y):
+    return cv2.remap(img, x.astype(np.float32), y.astype(np.float32), cv2.INTER_LINEAR)
+
+
+def _stereo_errors(left, right, depth, right_depth, K, baseline_m, extra_shift_px=0.0):
+    """Colour error (grey levels) between left pixels and the right view at x - fx*B/Z."""
+    grey = cv2.cvtColor(left, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    grad = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    vs, us = np.mgrid[0:left.shape[0], 0:left.shape[1]].astype(np.float32)
+    disp = K[0, 0] * baseline_m / depth
+    xr = us - disp - extra_shift_px
+    warped = _bilinear(right.astype(np.float32), xr, vs)
+    depth_r = _bilinear(right_depth, xr, vs)
+    # textured, visible in the right view (same surface: depth agrees), away from the border
+    ok = (grad > 20) & (xr > 2) & (xr < left.shape[1] - 3) & (np.abs(depth_r - depth) < 0.02 * depth)
+    err = np.abs(warped - left.astype(np.float32)).mean(-1)
+    return err[ok]
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_right_view_matches_left_at_true_disparity(noise):
+    """For textured pixels, right(x - fx*B/Z, y) has the left view's colour; a 2-px wrong
+    disparity does not (so the check has power)."""
+    opts = dict(num_objects=4) if noise else dict(num_objects=4, noise_std=0.0, gain_jitter=0.0)
+    for seed in (1, 2):
+        clip = generate_clip(seed, 3, 320, 240, **opts)
+        scene = build_scene(seed, 3, 320, 240, 8.0, SceneOptions(**opts))
+        for i in range(3):
+            _, right_depth, _ = render_view(scene, i, "right")
+            err = _stereo_errors(clip.left[i], clip.right[i], clip.gt_depth_m[i], right_depth,
+                                 clip.K, clip.baseline_m)
+            wrong = _stereo_errors(clip.left[i], clip.right[i], clip.gt_depth_m[i], right_depth,
+                                   clip.K, clip.baseline_m, extra_shift_px=2.0)
+            assert err.size > 3000
+            # noise-free: only interpolation error remains; with noise (std 2 per view) and a
+            # +-2 % exposure mismatch the error floor is ~2.5 grey levels
+            limit = 4.0 if noise else 1.0
+            assert np.median(err) < limit and err.mean() < limit + 0.5, (seed, i, np.median(err), err.mean())
+            assert wrong.mean() > 2.5 * err.mean(), (wrong.mean(), err.mean())
+
+
+def test_depth_agrees_with_camera_motion(clips):
+    """Static background points of frame 0, moved with the true poses into frame k, land where
+    frame k's depth map has the same depth."""
+    for clip in clips.values():
+        poses = np.asarray(clip.gt["camera_to_world"])
+        Kinv = np.linalg.inv(clip.K)
+        vs, us = np.nonzero(clip.masks[0] == 0)
+        pts = Kinv @ np.stack([us, vs, np.ones_like(us)]).astype(float) * clip.gt_depth_m[0, vs, us]
+        k = N - 1
+        T = np.linalg.inv(poses[k]) @ poses[0]
+        pk = T[:3, :3] @ pts + T[:3, 3:4]
+        uk = clip.K[0, 0] * pk[0] / pk[2] + clip.K[0, 2]
+        vk = clip.K[1, 1] * pk[1] / pk[2] + clip.K[1, 2]
+        inside = (pk[2] > 0.5) & (uk > 1) & (uk < W - 2) & (vk > 1) & (vk < H - 2)
+        ui, vi = np.round(uk[inside]).astype(int), np.round(vk[inside]).astype(int)
+        bg = clip.masks[k, vi, ui] == 0
+        sampled = _bilinear(clip.gt_depth_m[k], uk[inside][bg], vk[inside][bg]).ravel()
+        rel = np.abs(sampled - pk[2][inside][bg]) / pk[2][inside][bg]
+        assert rel.size > 0.3 * len(us)
+        assert np.median(rel) < 0.005, (clip.clip_id, np.median(rel))
+
+
+def test_determinism(tmp_path):
+    a = generate_clip(11, 4, 96, 64)
+    b = generate_clip(11, 4, 96, 64)
+    c = generate_clip(12, 4, 96, 64)
+    assert np.array_equal(a.left, b.left) and np.array_equal(a.right, b.right)
+    assert np.array_equal(a.gt_depth_m, b.gt_depth_m) and np.array_equal(a.masks, b.masks)
+    assert json.dumps(a.gt) == json.dumps(b.gt)
+    assert not np.array_equal(a.left, c.left)
+    pa = synth.save_clip(a, tmp_path / "a")
+    pb = synth.save_clip(b, tmp_path / "b")
+    la, lb = load_clip(pa), load_clip(pb)
+    assert np.array_equal(la.left, lb.left) and np.array_equal(la.right, lb.right)
+    assert (pa / "gt.json").read_bytes() == (pb / "gt.json").read_bytes()
+
+
+def test_bad_generate_arguments():
+    with pytest.raises(ValueError, match="num_frames"):
+        generate_clip(0, 0, 96, 64)
+    with pytest.raises(ValueError, match="baseline_m"):
+        generate_clip(0, 4, 96, 64, baseline_m=-0.1)
+    with pytest.raises(ValueError, match="even"):
+        generate_clip(0, 4, 95, 64)
+    with pytest.raises(ValueError, match="unknown synth option"):
+        generate_clip(0, 4, 96, 64, baselin_m=0.3)
+
+
+def test_cli_writes_loadable_clips_and_plot(tmp_path, capsys):
+    out = tmp_path / "clips"
+    rc = synth.main(["--out", str(out), "--num-clips", "2", "--seed", "7", "--frames", "4",
+                     "--size", "96x64", "--plot"])
+    assert rc == 0
+    assert "wrote 2 clips" in capsys.readouterr().out
+    dirs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert [p.name for p in dirs] == ["synth_s00007", "synth_s00008"]
+    for d in dirs:
+        assert {"clip.json", "left.mp4", "right.mp4", "masks.npz", "gt.json", "gt_depth.npz",
+                "trajectory.png"} <= {p.name for p in d.iterdir()}
+        clip = load_clip(d)
+        assert clip.num_frames == 4 and clip.width == 96 and clip.gt_depth_m.dtype == np.float32
+        ref = generate_clip(clip.meta["seed"], 4, 96, 64)  # the recorded seed reproduces it
+        assert json.dumps(ref.gt) == (d / "gt.json").read_text()
+        assert np.abs(clip.gt_depth_m - ref.gt_depth_m).max() <= 0.0005 + 1e-6
+        assert np.array_equal(clip.masks, ref.masks)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--frames", "0"], "frames"),
+    (["--baseline-m", "-0.2"], "baseline_m"),
+    (["--size", "97x64"], "even"),
+])
+def test_cli_bad_arguments(tmp_path, capsys, args, message):
+    out = tmp_path / "clips"
+    with pytest.raises(SystemExit) as exc:
+        synth.main(["--out", str(out), "--num-clips", "1"] + args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    rc = synth.main(["--out", str(blocker / "clips"), "--num-clips", "1", "--frames", "2", "--size", "32x32"])
+    assert rc == 2
+    assert "not writable" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    import mllm4d_lite.video as video
+
+    clip = generate_clip(3, 2, 32, 32)
+    real = video.write_video
+
+    def failing(path, frames, fps, crf=18):
+        if Path(path).name == "right.mp4":
+            raise OSError("disk full")
+        return real(path, frames, fps, crf)
+
+    monkeypatch.setattr(video, "write_video", failing)
+    with pytest.raises(OSError, match="disk full"):
+        synth.save_clip(clip, tmp_path)
+    assert list(tmp_path.iterdir()) == []
