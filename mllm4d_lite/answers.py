@@ -63,44 +63,83 @@ def _clean(response: str) -> str:
     s = unicodedata.normalize("NFKC", response)
     s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
     for _ in range(2):  # \boxed{\text{B}}
-        s = re.sub(r"\\(?:boxed|text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", s)
+        s = re.sub(r"\\?(?:boxed|text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"\\[()\[\]]", " ", s)  # LaTeX inline math \( B \)
     s = s.replace("$", "").replace("**", "").replace("__", "").replace("`", "")
     return s
 
 
-# --------------------------------------------------------------------------- letters in a span
+# --------------------------------------------------------------------------- option texts
 
-_JOINED_LETTER = re.compile(r"\s*(?:,|/|&|\bor\b|\band\b|\bnor\b)\s*[\(\[]?([A-Za-z])(?![A-Za-z0-9'])")
+# Word forms folded together before option texts are matched against a reply, so that
+# "moves downwards" names the option "down" and "spins twice" names the option "2".
+_WORD_CANON = {
+    "once": "1", "one": "1", "single": "1", "twice": "2", "two": "2", "thrice": "3",
+    "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
+    "nine": "9", "ten": "10", "zero": "0", "none": "0",
+    "downwards": "down", "downward": "down", "upwards": "up", "upward": "up",
+    "leftwards": "left", "leftward": "left", "rightwards": "right", "rightward": "right",
+    "forwards": "forward", "backwards": "backward", "toward": "towards",
+    "anticlockwise": "counterclockwise",
+}
+_PHRASE_CANON = (
+    (re.compile(r"\b(?:counter|anti)[\s-]*clock[\s-]*wise\b"), "counterclockwise"),
+    (re.compile(r"\bclock[\s-]+wise\b"), "clockwise"),
+)
+_NEGATIONS = {"not", "no", "nor", "neither", "never", "n't", "isn't", "doesn't", "aren't", "don't"}
+
+
+def _tokens(text: Any) -> list[str]:
+    """Lower-case word tokens with the forms in ``_WORD_CANON`` folded together."""
+    s = unicodedata.normalize("NFKC", str(text)).casefold().replace("\u2019", "'")
+    for pattern, repl in _PHRASE_CANON:
+        s = pattern.sub(repl, s)
+    return [_WORD_CANON.get(t, t) for t in re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9.,;:!?'\"()\[\]*]", s)]
+
+
+def _find(seq: list[str], sub: list[str]) -> list[int]:
+    n = len(sub)
+    return [i for i in range(len(seq) - n + 1) if seq[i:i + n] == sub]
 
 
 def _option_in_text(text: str, choices: Mapping[str, Any] | None, *, whole: bool) -> str | None:
     """The one option whose text equals ``text`` (``whole``) or occurs in it as a phrase.
 
-    When several options occur, those whose text is part of another matched option's text
-    are dropped ("left" inside "left and away from the camera"); still several -> None.
+    Word forms are folded first (``_WORD_CANON``). When several options occur, those whose
+    words lie inside another matched option's words are dropped ("left" inside "left and
+    away from the camera"), as are mentions right after a negation ("not left"); of the
+    rest, the one mentioned last wins ("moving towards the right": "right", not "towards").
     """
     if not choices:
         return None
-    target = normalize_text(text)
-    if not target:
+    words = _tokens(text)
+    if not words:
         return None
-    found: dict[str, str] = {}
-    for letter, option in choices.items():
-        opt = normalize_text(option)
+    options = {str(k).upper(): _tokens(v) for k, v in choices.items()}
+    if whole:
+        found = [k for k, v in options.items() if v and v == words]
+        return found[0] if len(set(map(tuple, (options[k] for k in found)))) == 1 and found else None
+    spans: dict[str, tuple[int, int]] = {}
+    for letter, opt in options.items():
         if not opt:
             continue
-        if whole:
-            if target == opt:
-                found[str(letter).upper()] = opt
-        elif re.search(r"(?<![a-z0-9])" + re.escape(opt) + r"(?![a-z0-9])", target):
-            found[str(letter).upper()] = opt
-    if len(found) > 1:
-        texts = list(found.values())
-        found = {k: v for k, v in found.items()
-                 if not any(v != w and v in w for w in texts)}
-        if len(set(found.values())) == 1:  # duplicated option texts: the first letter
-            return sorted(found)[0]
-    return next(iter(found)) if len(found) == 1 else None
+        for i in _find(words, opt):
+            negated = opt[0] not in _NEGATIONS and any(w in _NEGATIONS for w in words[max(0, i - 2):i])
+            if not negated:
+                spans[letter] = (i, i + len(opt))  # the last mention
+    # drop options covered by another match's span ("left" inside "left and right")
+    keep = {k: (a, b) for k, (a, b) in spans.items()
+            if not any(j != k and c <= a and b <= d and (d - c) > (b - a) for j, (c, d) in spans.items())}
+    if not keep:
+        return None
+    if len({tuple(options[k]) for k in keep}) == 1:
+        return sorted(keep)[0]
+    return max(keep, key=lambda k: (keep[k][1], keep[k][1] - keep[k][0]))
+
+
+# --------------------------------------------------------------------------- letters in a span
+
+_JOINED_LETTER = re.compile(r"\s*(?:,|/|&|\bor\b|\band\b|\bnor\b)\s*[\(\[]?([A-Za-z])(?![A-Za-z0-9])")
 
 
 def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None) -> str | None:
@@ -109,17 +148,20 @@ def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, 
     Returns a letter, ``""`` when the span is clearly ambiguous ("A or B"), or None when it
     names no option.
     """
-    s = span.strip().lstrip(":-=>*#\"' \t\n")
+    lines = [ln for ln in span.strip().split("\n") if re.search(r"[A-Za-z0-9]", ln)]
+    if not lines:
+        return None
+    s = lines[0].strip().lstrip(":-=>*#\"'(;[ \t")
     s = re.sub(r"^(?:option|choice|letter)\s*:?\s*", "", s, flags=re.I)
-    m = re.match(r"[\(\[]?\s*([A-Za-z])\s*(?:[\)\]]|(?![A-Za-z0-9]))", s)
+    m = re.match(r"([A-Za-z])\s*(?:[\)\]]|(?![A-Za-z0-9]))", s)
     if m:
         letter = m.group(1).upper()
         rest = s[m.end():]
-        lone = m.group(0).startswith(("(", "[")) or not rest.strip() or re.match(r"\s*[.:,;)!\]\n'\"]", rest)
+        lone = ")" in m.group(0) or "]" in m.group(0) or not rest.strip() or re.match(r"\s*[.:,;)!\]'\"]", rest)
         if letter in letters and (m.group(1).isupper() or lone):
             # "A car" where an option reads "A car": the text decides
             if choices and m.group(1) == "A" and rest[:1] == " " and not lone:
-                by_text = _option_in_text(s.split("\n")[0], choices, whole=True)
+                by_text = _option_in_text(s, choices, whole=True)
                 if by_text:
                     return by_text
             other = _JOINED_LETTER.match(rest)
@@ -127,9 +169,8 @@ def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, 
                 return ""
             return letter
     # the option's text instead of a letter
-    first_line = s.split("\n")[0]
-    first_sentence = re.split(r"(?<=[.!?])\s", first_line)[0]
-    for candidate in (first_line, first_sentence):
+    first_sentence = re.split(r"(?<=[.!?])\s", s)[0]
+    for candidate in (s, first_sentence):
         by_text = _option_in_text(candidate, choices, whole=True)
         if by_text:
             return by_text
@@ -138,28 +179,40 @@ def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, 
 
 # --------------------------------------------------------------------------- declared answers
 
-# Phrases that announce the chosen option, strongest first; within a tier the last one wins.
-_DECLARED_TIERS = (
-    re.compile(r"final\s+answer\s*(?:is|would\s+be|will\s+be|should\s+be|=)?\s*[:\-]?", re.I),
-    re.compile(
-        r"(?:correct|right|best|final|most\s+(?:likely|appropriate|accurate|plausible)|my)\s+"
-        r"(?:answer|option|choice)\s*(?:is|would\s+be|will\s+be|should\s+be|=)?\s*[:\-]?"
-        r"|\banswer\s*(?:is|would\s+be|will\s+be|should\s+be|=)\s*:?"
-        r"|\banswer\s*:"
-        r"|\bI\s+(?:choose|select|pick|would\s+choose|will\s+choose)\b\s*:?",
-        re.I,
-    ),
+_DECLARED = re.compile(
+    r"(?:final|correct|right|best|most\s+(?:likely|appropriate|accurate|plausible|suitable)|my)\s+"
+    r"(?:answer|option|choice|response)\b[^.\n:]{0,40}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=|:)\s*:?"
+    r"|\banswer\b[^.\n:]{0,40}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=)\s*:?"
+    r"|\banswer\s*:"
+    r"|\bI\s+(?:choose|select|pick|would\s+choose|will\s+choose)\b\s*:?"
+    r"|答案\s*(?:是|为)?\s*:?",
+    re.I,
 )
 
 
 def _declared(text: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None) -> str | None:
-    for tier in _DECLARED_TIERS:
-        matches = list(tier.finditer(text))
-        for m in reversed(matches):
-            got = _letter_at_start(text[m.end():], letters, choices)
-            if got is not None:
-                return got
+    """The option of the last declared answer that names one.
+
+    ``""`` (no answer) when that declaration is ambiguous ("A or B"), or when the reply's
+    last declaration is followed by text that names no option ("the final answer is: N/A",
+    "…is: $LETTER"); None when the reply declares nothing.
+    """
+    matches = list(_DECLARED.finditer(text))
+    for m in reversed(matches):
+        got = _letter_at_start(text[m.end():], letters, choices)
+        if got is not None:
+            return got
+    if matches:
+        tail = text[matches[-1].end():].strip()
+        if re.search(r"[A-Za-z0-9]", tail):
+            # "the correct answer is that the dog is not moving": an option named in words
+            first_sentence = re.split(r"(?<=[.!?\n])\s", tail)[0]
+            return _option_in_text(first_sentence, choices, whole=False) or ""
     return None
+
+
+# sentences, from the end of a reply, searched for an option named in words
+_TEXT_WINDOW = 3
 
 
 # --------------------------------------------------------------------------- public API
@@ -214,7 +267,7 @@ def extract_choice(response: str | None, choices: Mapping[str, Any] | None = Non
 
     # 4. an option's text instead of a letter: the last sentence naming exactly one option
     if choices:
-        for sentence in reversed(re.split(r"(?<=[.!?\n])\s+", text)):
+        for sentence in reversed(re.split(r"(?<=[.!?\n])\s+", text)[-_TEXT_WINDOW:]):
             got = _option_in_text(sentence, choices, whole=False)
             if got:
                 return got
