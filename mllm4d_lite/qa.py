@@ -89,6 +89,7 @@ log = logging.getLogger(__name__)
 
 CATEGORIES: tuple[str, ...] = (
     "object_direction",      # left / right / towards / away / not moving (world frame)
+    "object_direction_phase",  # the same over the first / second half ("at the end of the video")
     "object_approach",       # closer to / farther from the (moving) camera
     "camera_direction",      # forward / backward / left / right / not moving
     "camera_rotation",       # turning left / right / not turning
@@ -105,7 +106,7 @@ NUMERIC_CATEGORIES = ("object_distance", "camera_distance", "object_pair_distanc
 
 DEFAULT_ABSENT_LABELS = [
     f"{colour} {shape}"
-    for colour in ("red", "green", "blue", "yellow", "purple", "orange", "white")
+    for colour in ("red", "green", "blue", "yellow", "purple", "orange", "cyan")
     for shape in ("cube", "sphere", "cylinder", "cone")
 ]
 
@@ -131,8 +132,9 @@ class QAConfig:
     qa_speed_same_ratio: float = field(default=1.15, metadata={"help": "speed ratio below this = 'about the same speed'"})
     qa_speed_faster_ratio: float = field(default=1.5, metadata={"help": "speed ratio above this = one is faster"})
     qa_min_visible_fraction: float = field(default=0.5, metadata={"help": "ask about an object only if its centre is known in at least this share of frames"})
-    qa_max_per_category_per_clip: int = field(default=3, metadata={"help": "at most this many questions of one category per clip"})
+    qa_max_per_category_per_clip: int = field(default=4, metadata={"help": "at most this many questions of one category per clip"})
     qa_false_positives_per_clip: int = field(default=2, metadata={"help": "false-positive (absent object) questions per clip"})
+    qa_max_answer_share: float = field(default=0.5, metadata={"help": "per split and multiple-choice category, drop seeded questions of the most common answer until it is at most this share (1 = keep all); false positives exempt"})
     qa_numeric: bool = field(default=True, metadata={"help": "include numeric (metres) questions"})
     qa_balance_train: bool = field(default=True, metadata={"help": "repeat under-represented categories in the training split with other phrasings, up to the median category count"})
     qa_absent_labels: list[str] = field(default_factory=lambda: list(DEFAULT_ABSENT_LABELS), metadata={"help": "labels for false-positive questions (those present in a clip are skipped)"})
@@ -147,6 +149,8 @@ class QAConfig:
                 raise QAError(f"need 0 <= {low} <= {high}, got {getattr(self, low)} and {getattr(self, high)}")
         if not 0 <= self.qa_direction_margin_deg < 45:
             raise QAError(f"qa_direction_margin_deg must be in [0, 45), got {self.qa_direction_margin_deg}")
+        if not 0.25 <= self.qa_max_answer_share <= 1.0:
+            raise QAError(f"qa_max_answer_share must be in [0.25, 1], got {self.qa_max_answer_share}")
         if self.qa_max_per_category_per_clip < 1:
             raise QAError(f"qa_max_per_category_per_clip must be >= 1, got {self.qa_max_per_category_per_clip}")
 
@@ -197,7 +201,7 @@ class Question:
 
 
 def _round_cm(v: np.ndarray) -> list[float]:
-    return [round(float(x), 2) for x in v]
+    return [round(float(x), 2) + 0.0 for x in v]  # + 0.0 turns -0.0 into 0.0
 
 
 def _heading_deg(vec_xz: tuple[float, float]) -> float:
@@ -304,6 +308,16 @@ TEMPLATES: dict[str, list[str]] = {
         "Seen from where the camera starts, which way is the {a} moving?",
         "In which direction does the {a} move, relative to the camera's first view?",
     ],
+    "object_direction_start": [
+        "What direction is the {a} moving towards at the beginning of the video?",
+        "At the beginning of the video, which way is the {a} moving, seen from where the camera starts?",
+        "In the first half of the video, in which direction does the {a} move?",
+    ],
+    "object_direction_end": [
+        "What direction is the {a} moving towards at the end of the video?",
+        "At the end of the video, which way is the {a} moving, seen from where the camera starts?",
+        "In the second half of the video, in which direction does the {a} move?",
+    ],
     "object_approach": [
         "Is the {a} getting closer to the camera or farther from it?",
         "How does the distance between the camera and the {a} change over the video?",
@@ -379,6 +393,16 @@ def absent_text(label: str) -> str:
     return f"no {label} there"
 
 
+def _family(category: str, key: str) -> list[str]:
+    """The phrasings of a question: false positives borrow the family of the question they mimic;
+    direction-in-phase questions have one family per phase."""
+    if category == "false_positive":
+        return TEMPLATES[key]
+    if category == "object_direction_phase":
+        return TEMPLATES[f"object_direction_{key}"]
+    return TEMPLATES[category]
+
+
 def _rng(cfg: QAConfig, *parts: Any) -> random.Random:
     """A generator seeded by the question's identity (same question -> same phrasing, any source)."""
     return random.Random("|".join([str(cfg.qa_seed), *map(str, parts)]))
@@ -401,7 +425,7 @@ def _make(view: _ClipView, cfg: QAConfig, category: str, subject: str, key: str,
           objs: Sequence[dict[str, Any]], reasoning: str, value: float | None = None,
           template: int | None = None) -> Question:
     rng = _rng(cfg, view.clip_id, category, subject, key)
-    templates = TEMPLATES[key if category == "false_positive" else category]
+    templates = _family(category, key)
     t_idx = rng.randrange(len(templates)) if template is None else template % len(templates)
     others = [p for p in dict.fromkeys(pool) if p != answer]
     distractors = rng.sample(others, 3) if category not in NUMERIC_CATEGORIES else []
@@ -428,24 +452,46 @@ def _object_translation(view: _ClipView, obj: dict[str, Any], cfg: QAConfig) -> 
     return classify_translation(raw, cfg), d, (f0, f1)
 
 
+def _direction_question(view, cfg, drops, obj, category: str, key: str, frames: tuple[int, int]):
+    f0, f1 = frames
+    label = classify_translation(obj["centers"][f1] - obj["centers"][f0], cfg)
+    if label is None:
+        drops[category] += 1
+        return None
+    a = obj["label"]
+    d = np.subtract(_round_cm(obj["centers"][f1]), _round_cm(obj["centers"][f0]))
+    why = _displacement_sentence(a, d)
+    if key != "direction":
+        why = f"Looking at the {'first' if key == 'start' else 'second'} half of the time the {a} is seen, frames {f0} to {f1}. " + why
+    why += (", which is below the 'not moving' threshold." if label == "static"
+            else f"; the largest horizontal part is {'dx' if label in ('left', 'right') else 'dz'}, "
+                 f"so it moves {OBJECT_DIRECTION_TEXT[label]}.")
+    pool = list(OBJECT_DIRECTION_TEXT.values()) + [absent_text(a)]
+    return _make(view, cfg, category, a, key, {"a": a}, OBJECT_DIRECTION_TEXT[label], label, pool, (f0, f1), [obj], why)
+
+
 def _q_object_direction(view, cfg, drops):
+    out = []
+    for obj in view.objects:
+        if obj["unique"] and view.object_ok(obj, cfg):
+            out.append(_direction_question(view, cfg, drops, obj, "object_direction", "direction", obj["span"]))
+    return [q for q in out if q is not None]
+
+
+def _q_object_direction_phase(view, cfg, drops):
+    """Direction over the first / second half of the object's visible span (VLM4D asks e.g. "...
+    moving towards at the end of the video?"): an object on an arc changes direction."""
     out = []
     for obj in view.objects:
         if not (obj["unique"] and view.object_ok(obj, cfg)):
             continue
-        label, d, frames = _object_translation(view, obj, cfg)
-        if label is None:
-            drops["object_direction"] += 1
+        f0, f1 = obj["span"]
+        mid = (f0 + f1) // 2
+        if mid - f0 < 2 or not (obj["visible"][mid]):
             continue
-        a = obj["label"]
-        why = _displacement_sentence(a, d)
-        why += (", which is below the 'not moving' threshold." if label == "static"
-                else f"; the largest horizontal part is {'dx' if label in ('left', 'right') else 'dz'}, "
-                     f"so it moves {OBJECT_DIRECTION_TEXT[label]}.")
-        pool = list(OBJECT_DIRECTION_TEXT.values()) + [absent_text(a)]
-        out.append(_make(view, cfg, "object_direction", a, "direction", {"a": a}, OBJECT_DIRECTION_TEXT[label],
-                         label, pool, frames, [obj], why))
-    return out
+        out.append(_direction_question(view, cfg, drops, obj, "object_direction_phase", "start", (f0, mid)))
+        out.append(_direction_question(view, cfg, drops, obj, "object_direction_phase", "end", (mid, f1)))
+    return [q for q in out if q is not None]
 
 
 def _q_object_approach(view, cfg, drops):
@@ -692,7 +738,8 @@ def _q_object_pair_distance(view, cfg, drops):
 
 
 BUILDERS = {
-    "object_direction": _q_object_direction, "object_approach": _q_object_approach,
+    "object_direction": _q_object_direction, "object_direction_phase": _q_object_direction_phase,
+    "object_approach": _q_object_approach,
     "camera_direction": _q_camera_direction, "camera_rotation": _q_camera_rotation,
     "object_rotation": _q_object_rotation, "counting": _q_counting, "false_positive": _q_false_positive,
     "relative_position": _q_relative_position, "speed_comparison": _q_speed_comparison,
@@ -786,6 +833,39 @@ def split_clips(clip_ids: Iterable[str], cfg: QAConfig) -> dict[str, str]:
     return {cid: ("bench" if i < n_bench else "train") for i, cid in enumerate(ids)}
 
 
+def _limit_answer_share(questions: list[Question], cfg: QAConfig, split: str) -> tuple[list[Question], int]:
+    """Drop seeded questions of a category's most common answer (e.g. "not moving") until it is at
+    most ``qa_max_answer_share`` of the category, so that a constant guess cannot score high."""
+    share = cfg.qa_max_answer_share
+    if share >= 1.0:
+        return questions, 0
+    by_cat: dict[str, list[Question]] = defaultdict(list)
+    for q in questions:
+        by_cat[q.category].append(q)
+    keep: list[Question] = []
+    dropped = 0
+    for category, qs in sorted(by_cat.items()):
+        if category in NUMERIC_CATEGORIES or category == "false_positive":
+            keep += qs
+            continue
+        counts = Counter(q.canonical for q in qs)
+        allowed = dict(counts)
+        for _ in range(len(counts)):
+            total = sum(allowed.values())
+            top, n_top = max(sorted(allowed.items()), key=lambda kv: kv[1])
+            limit = max(1, math.floor(share * (total - n_top) / (1.0 - share))) if share < 1 else n_top
+            if n_top <= limit:
+                break
+            allowed[top] = limit
+        rng = random.Random(f"{cfg.qa_seed}|share|{split}|{category}")
+        for answer in sorted(counts):
+            group = sorted((q for q in qs if q.canonical == answer), key=lambda q: (q.clip_id, q.subject, q.key))
+            chosen = rng.sample(group, allowed[answer]) if allowed[answer] < len(group) else group
+            dropped += len(group) - len(chosen)
+            keep += chosen
+    return keep, dropped
+
+
 def _balance_train(questions: list[Question], cfg: QAConfig) -> list[Question]:
     """Repeat under-represented categories up to the median category count, each copy in another
     phrasing of the same family (same facts, same answer); at most one copy per other phrasing."""
@@ -809,7 +889,7 @@ def _balance_train(questions: list[Question], cfg: QAConfig) -> list[Question]:
 
 def _rephrase(q: Question, k: int) -> str:
     """Another template of the same family for ``q`` (k-th next one)."""
-    family = TEMPLATES[q.key if q.category == "false_positive" else q.category]
+    family = _family(q.category, q.key.split("#")[0])
     current = next((i for i, t in enumerate(family) if _matches(t, q.question)), 0)
     fill = _fill_of(q)
     return family[(current + k) % len(family)].format(**fill)
@@ -901,6 +981,10 @@ def build_datasets(annotations: list[dict[str, Any]], out_dir: Path, cfg: QAConf
     by_split: dict[str, list[Question]] = {"train": [], "bench": []}
     for ann in tqdm(sorted(annotations, key=lambda a: a["clip_id"]), desc="qa", unit="clip", disable=None):
         by_split[split_of[ann["clip_id"]]].extend(generate_questions(ann, cfg, drops=drops))
+    dropped_share = {}
+    for split in by_split:
+        by_split[split], dropped_share[split] = _limit_answer_share(by_split[split], cfg, split)
+    unique = {split: len(qs) for split, qs in by_split.items()}
     if cfg.qa_balance_train:
         by_split["train"] = _balance_train(by_split["train"], cfg)
 
@@ -925,6 +1009,9 @@ def build_datasets(annotations: list[dict[str, Any]], out_dir: Path, cfg: QAConf
     bench = [rec for _, _, rec in records["bench"]]
 
     summary = _summary(records, split_of, drops, time.perf_counter() - start)
+    summary["unique_questions"] = unique
+    summary["train_rephrased_repeats"] = len(by_split["train"]) - unique["train"]
+    summary["dropped_for_answer_share"] = dropped_share
     files = {
         "sft.jsonl": "".join(json.dumps(r) + "\n" for r in sft),
         "cot.jsonl": "".join(json.dumps(r) + "\n" for r in cot),
