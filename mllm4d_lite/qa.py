@@ -580,8 +580,13 @@ def _q_object_rotation(view, cfg, drops):
 
 
 def _q_counting(view, cfg, drops):
-    objs = view.objects
+    """Counts over the objects seen in the clip (never-seen ones are not "in the video"); every
+    seen object must be seen often enough and at both ends of the common segment."""
+    objs = [o for o in view.objects if o["span"] is not None]
     if not objs:
+        return []
+    if not all(view.object_ok(o, cfg) for o in objs):
+        drops["counting"] += 1
         return []
     span = view.common_span(objs)
     if span is None:

@@ -407,3 +407,74 @@ def test_agreement_and_cli_scorecard(tmp_path, capsys):
     assert (tmp_path / "o" / "bench.json").is_file() and (tmp_path / "o" / "qa_config.yaml").is_file()
     assert qa.main(["--use-gt", "--clips", str(clips), "--out", str(tmp_path / "g")]) == 0
     assert json.loads((tmp_path / "g" / "qa_summary.json").read_text())["num_clips"]["bench"] == 3
+
+
+def test_direction_phase_on_a_bend():
+    # right for 8 frames, then towards the camera: whole-clip direction is diagonal (dropped),
+    # but the first and second half are clear
+    ann = make_ann(objects=[{"label": "red cube", "start": [0, 0.5, 5], "end": [0, 0.5, 5]}], n=17)
+    ann["objects"][0]["centers"] = [[1.5 * min(t, 8) / 8, 0.5, 5 - 1.5 * max(t - 8, 0) / 8] for t in range(17)]
+    qs = {q.key: q for q in questions(ann, category="object_direction_phase")}
+    assert qs["start"].answer == "right" and qs["start"].frames == (0, 8)
+    assert qs["end"].answer == "towards the camera" and qs["end"].frames == (8, 16)
+    assert "beginning" in qs["start"].question or "first half" in qs["start"].question
+    assert questions(ann, category="object_direction") == []
+
+
+def test_answer_share_cap():
+    # 10 static objects, 2 moving: "not moving" would be 10/12 of object_direction
+    objs = [{"label": f"box {i}", "start": [i - 5, 0.5, 6], "end": [i - 5, 0.5, 6]} for i in range(10)]
+    objs += [{"label": "car", "start": [0, 0.5, 4], "end": [-1, 0.5, 4]},
+             {"label": "bus", "start": [0, 0.5, 8], "end": [1, 0.5, 8]}]
+    qs = questions(make_ann(objects=objs), category="object_direction")
+    kept, dropped = qa._limit_answer_share(qs, QAConfig(qa_max_answer_share=0.5), "train")
+    answers = Counter(q.answer for q in kept)
+    assert answers == {"not moving": 2, "left": 1, "right": 1} and dropped == 8
+    assert qa._limit_answer_share(qs, QAConfig(qa_max_answer_share=1.0), "train")[0] == qs
+
+
+def test_cot_targets_score_full_reward(tmp_path):
+    """The ST-CoT targets earn every ST-reward term in full against their own RFT records."""
+    rewards = pytest.importorskip("mllm4d_lite.rewards")
+    rng = random.Random(3)
+    qa.build_datasets([random_scene(i, rng) for i in range(8)], tmp_path, QAConfig(bench_fraction=0.0))
+    cot = [json.loads(l) for l in (tmp_path / "cot.jsonl").read_text().splitlines()]
+    rft = {r["id"]: r for r in (json.loads(l) for l in (tmp_path / "rft.jsonl").read_text().splitlines())}
+    cols = {k: [rft[r["id"]][k] for r in cot] for k in ("answer", "choices", "question_type", "solution")}
+    assert {r["category"] for r in cot} >= set(qa.CATEGORIES) - {"object_direction_phase"}
+    for name in ("format", "accuracy", "camera", "object"):
+        scores = rewards.REWARD_FUNCS[name]([r["response"] for r in cot], **cols)
+        assert min(scores) == 1.0, name
+
+
+def test_synthetic_clips_agree_with_generator_motions():
+    """Questions from the synthetic generator's ground truth agree with the motion it was told to make."""
+    synth = pytest.importorskip("mllm4d_lite.synth")
+    expect_dir = {"static": "not moving", "forward": "forward", "backward": "backward", "left": "to the left",
+                  "right": "to the right", "pan_left": "not moving", "forward_pan_right": "forward"}
+    expect_turn = {"static": "not turning", "forward": "not turning", "pan_left": "turning left",
+                   "pan_right": "turning right", "forward_pan_right": "turning right", "left": "not turning"}
+    checked = Counter()
+    for i, motion in enumerate(sorted(set(expect_dir) | set(expect_turn))):
+        clip = synth.generate_clip(i, 16, 96, 72, 8.0, camera_motion=motion)
+        qs = questions(qa.annotation_from_gt(clip))
+        got = {q.category: q.answer for q in qs if q.subject == "camera"}
+        if motion in expect_dir:
+            assert got["camera_direction"] == expect_dir[motion], motion
+        if motion in expect_turn:
+            assert got["camera_rotation"] == expect_turn[motion], motion
+        moves = {o["label"]: o["motion"] for o in clip.gt["objects"]}
+        for q in qs:
+            m = moves.get(q.subject, "")
+            if q.category == "object_rotation":
+                want = {"static": "not rotating", "turn_left": "counter-clockwise", "turn_right": "clockwise",
+                        "arc_left": "counter-clockwise", "arc_right": "clockwise",
+                        "translate": "not rotating"}.get(m.split("_")[0] if m.startswith("translate") else m)
+                assert want is None or q.answer == want, (motion, q.subject, m, q.answer)
+                checked["rotation"] += 1
+            if q.category == "object_direction" and m in ("static", "translate_left", "translate_right",
+                                                          "translate_toward", "translate_away"):
+                assert q.answer == {"static": "not moving", "translate_left": "left", "translate_right": "right",
+                                    "translate_toward": "towards the camera", "translate_away": "away from the camera"}[m]
+                checked["direction"] += 1
+    assert checked["rotation"] >= 5 and checked["direction"] >= 5, checked
