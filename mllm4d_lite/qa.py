@@ -64,7 +64,6 @@ in random order; ``answer`` is the TEXT of the right choice (VLM4D convention).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -83,7 +82,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mllm4d_lite import prompts
-from mllm4d_lite.config import build_config, load_yaml, save_resolved
+from mllm4d_lite.config import ConfigError, atomic_write_json, merge_config_classes, parse_config, save_resolved, split_config
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +140,18 @@ class QAConfig:
 
     def validate(self) -> None:
         if not 0.0 <= self.bench_fraction < 1.0:
-            raise QAError(f"bench_fraction must be in [0, 1), got {self.bench_fraction}")
+            raise ConfigError(f"bench_fraction must be in [0, 1), got {self.bench_fraction}")
         pairs = [("qa_static_max_m", "qa_moving_min_m"), ("qa_turn_static_deg", "qa_turn_min_deg"),
                  ("qa_rotation_static_deg", "qa_rotation_min_deg"), ("qa_speed_same_ratio", "qa_speed_faster_ratio")]
         for low, high in pairs:
             if not 0 <= getattr(self, low) <= getattr(self, high):
-                raise QAError(f"need 0 <= {low} <= {high}, got {getattr(self, low)} and {getattr(self, high)}")
+                raise ConfigError(f"need 0 <= {low} <= {high}, got {getattr(self, low)} and {getattr(self, high)}")
         if not 0 <= self.qa_direction_margin_deg < 45:
-            raise QAError(f"qa_direction_margin_deg must be in [0, 45), got {self.qa_direction_margin_deg}")
+            raise ConfigError(f"qa_direction_margin_deg must be in [0, 45), got {self.qa_direction_margin_deg}")
         if not 0.25 <= self.qa_max_answer_share <= 1.0:
-            raise QAError(f"qa_max_answer_share must be in [0.25, 1], got {self.qa_max_answer_share}")
+            raise ConfigError(f"qa_max_answer_share must be in [0.25, 1], got {self.qa_max_answer_share}")
         if self.qa_max_per_category_per_clip < 1:
-            raise QAError(f"qa_max_per_category_per_clip must be >= 1, got {self.qa_max_per_category_per_clip}")
+            raise ConfigError(f"qa_max_per_category_per_clip must be >= 1, got {self.qa_max_per_category_per_clip}")
 
 
 @dataclass
@@ -443,13 +442,6 @@ def _displacement_sentence(label: str, d: Sequence[float]) -> str:
     return (f"In the first frame's camera view the {label} moved by dx = {_fmt(d[0])} m (right +), "
             f"dy = {_fmt(d[1])} m (down +), dz = {_fmt(d[2])} m (away +), "
             f"{_fmt(math.sqrt(sum(v * v for v in d)))} m in total")
-
-
-def _object_translation(view: _ClipView, obj: dict[str, Any], cfg: QAConfig) -> tuple[str | None, np.ndarray, tuple[int, int]]:
-    f0, f1 = obj["span"]
-    d = np.asarray(_round_cm(obj["centers"][f1])) - np.asarray(_round_cm(obj["centers"][f0]))
-    raw = obj["centers"][f1] - obj["centers"][f0]
-    return classify_translation(raw, cfg), d, (f0, f1)
 
 
 def _direction_question(view, cfg, drops, obj, category: str, key: str, frames: tuple[int, int]):
@@ -1158,52 +1150,56 @@ def scorecard_line(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- command line
 
 
+@dataclass
+class QARunOptions:
+    """Inputs and outputs of the stand-alone ``mllm4d qa`` command (``curate`` passes its own)."""
+
+    annotations: str = field(default="", metadata={"help": "folder of estimated <clip_id>.json annotations (from mllm4d curate)"})
+    clips: str = field(default="", metadata={"help": "folder of clip folders with gt.json (needed by use_gt and score)"})
+    out: str = field(default="runs/qa", metadata={"help": "output folder for sft/cot/rft.jsonl, bench.json, qa_summary.json"})
+    use_gt: bool = field(default=False, metadata={"help": "build the data from ground-truth annotations of --clips instead"})
+    score: bool = field(default=False, metadata={"help": "print the est-vs-gt agreement scorecard (needs --annotations and --clips)"})
+
+
+def gt_annotations_from_clips(clips_dir: str | Path) -> list[dict[str, Any]]:
+    """Ground-truth annotations of every ``<clips_dir>/*/gt.json`` clip folder (sorted)."""
+    dirs = sorted(p.parent for p in Path(clips_dir).glob("*/gt.json"))
+    if not dirs:
+        raise QAError(f"no clip folders with gt.json under {clips_dir}; generate some with `mllm4d synth --out {clips_dir}`")
+    return [annotation_from_gt_dir(d) for d in dirs]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mllm4d_lite.qa --annotations DIR --out DIR [--clips DIR --use-gt] [--score]``
-    plus any QAConfig key as ``--key value`` (and ``--config recipe.yaml``)."""
-    parser = argparse.ArgumentParser(prog="python -m mllm4d_lite.qa",
-                                     description="4D annotations -> sft/cot/rft.jsonl, bench.json, qa_summary.json")
-    parser.add_argument("--annotations", help="folder of <clip_id>.json annotations (estimated)")
-    parser.add_argument("--clips", help="folder of clip folders with gt.json (for --use-gt and --score)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--use-gt", action="store_true", help="build the data from ground-truth annotations")
-    parser.add_argument("--score", action="store_true", help="print the est-vs-gt agreement scorecard")
-    parser.add_argument("--config", help="YAML with QAConfig keys")
-    args, rest = parser.parse_known_args(argv)
-    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    values = {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(QAConfig)}}
-    it = iter(rest)
-    for flag in it:
-        if not flag.startswith("--"):
-            parser.error(f"unexpected argument {flag!r}")
-        values[flag[2:].replace("-", "_")] = json.loads(v) if (v := next(it, "true"))[:1] in "[{" else v
-    cfg = build_config(QAConfig, values, source="qa options")
-
-    def gt_annotations() -> list[dict[str, Any]]:
-        if not args.clips:
-            parser.error("--use-gt / --score need --clips DIR (clip folders with gt.json)")
-        dirs = sorted(p.parent for p in Path(args.clips).glob("*/gt.json"))
-        if not dirs:
-            raise QAError(f"no clip folders with gt.json under {args.clips}")
-        return [annotation_from_gt_dir(d) for d in dirs]
-
-    est = load_annotations(args.annotations) if args.annotations else None
-    if args.use_gt:
-        anns = gt_annotations()
-    elif est is not None:
-        anns = est
-    else:
-        parser.error("give --annotations DIR, or --use-gt with --clips DIR")
-    summary = build_datasets(anns, Path(args.out), cfg)
-    save_resolved(cfg, args.out, name="qa_config.yaml")
-    line = (f"qa: {summary['questions']['train']} train + {summary['questions']['bench']} bench questions "
-            f"from {len(anns)} clips, {len(CATEGORIES)} categories, {summary['elapsed_s']:.2f} s -> {args.out}")
-    if args.score:
-        if est is None:
-            parser.error("--score needs --annotations DIR (estimated) and --clips DIR (ground truth)")
-        gt_by_id = {a["clip_id"]: a for a in gt_annotations()}
+    """``mllm4d qa --annotations DIR --out DIR [--clips DIR --use-gt] [--score]`` plus any
+    :class:`QAConfig` key as ``--key value`` (and ``--config recipe.yaml``)."""
+    merged = merge_config_classes("QARunConfig", QARunOptions, QAConfig)
+    run = parse_config(merged, argv, prog="mllm4d qa",
+                       description="4D annotations -> sft/cot/rft.jsonl, bench.json (VLM4D format), qa_summary.json")
+    opts = split_config(run, QARunOptions)
+    try:
+        cfg = split_config(run, QAConfig)
+        if opts.use_gt and not opts.clips:
+            raise ConfigError("--use-gt needs --clips DIR (clip folders with gt.json)")
+        if opts.score and not (opts.clips and opts.annotations):
+            raise ConfigError("--score needs --annotations DIR (estimated) and --clips DIR (ground truth)")
+        if not (opts.use_gt or opts.annotations):
+            raise ConfigError("give --annotations DIR, or --use-gt with --clips DIR")
+        est = load_annotations(opts.annotations) if opts.annotations else None
+        gt = gt_annotations_from_clips(opts.clips) if (opts.use_gt or opts.score) else None
+    except (ConfigError, QAError) as err:
+        sys.stderr.write(f"mllm4d qa: error: {err}\n")
+        return 2
+    anns = gt if opts.use_gt else est
+    summary = build_datasets(anns, Path(opts.out), cfg)
+    save_resolved(run, opts.out, name="qa_config.yaml")
+    line = (f"mllm4d qa: {summary['unique_questions']['train']} train (+{summary['train_rephrased_repeats']} rephrased) "
+            f"+ {summary['unique_questions']['bench']} bench questions from {len(anns)} clips "
+            f"({'ground truth' if opts.use_gt else 'estimated'}), {summary['elapsed_s']:.2f} s -> {opts.out}")
+    if opts.score:
+        gt_by_id = {a["clip_id"]: a for a in gt}
         shared = [a for a in est if a["clip_id"] in gt_by_id]
         result = agreement(shared, [gt_by_id[a["clip_id"]] for a in shared], cfg)
+        atomic_write_json(Path(opts.out) / "qa_agreement.json", result)
         line += "\n" + scorecard_line(result)
     print(line)
     return 0

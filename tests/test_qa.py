@@ -478,3 +478,15 @@ def test_synthetic_clips_agree_with_generator_motions():
                                     "translate_toward": "towards the camera", "translate_away": "away from the camera"}[m]
                 checked["direction"] += 1
     assert checked["rotation"] >= 5 and checked["direction"] >= 5, checked
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert qa.main(["--use-gt", "--out", str(tmp_path / "o")]) == 2
+    assert "--use-gt needs --clips" in capsys.readouterr().err
+    assert qa.main(["--annotations", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "no annotations in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        qa.main(["--qa-bogus", "1"])
+    assert qa.main(["--use-gt", "--clips", str(tmp_path), "--bench-fraction", "1.5"]) == 2
+    assert "bench_fraction" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
