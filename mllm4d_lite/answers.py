@@ -94,7 +94,19 @@ def _tokens(text: Any) -> list[str]:
     s = unicodedata.normalize("NFKC", str(text)).casefold().replace("\u2019", "'")
     for pattern, repl in _PHRASE_CANON:
         s = pattern.sub(repl, s)
-    return [_WORD_CANON.get(t, t) for t in re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9.,;:!?'\"()\[\]*]", s)]
+    words = re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9.,;:!?'\"()\[\]*]", s)
+    return [_singular(_WORD_CANON.get(t, t)) for t in words]
+
+
+def _singular(word: str) -> str:
+    """Crude plural folding, applied to reply and options alike ("dogs" -> "dog")."""
+    if len(word) <= 3 or not word.isalpha() or word.endswith(("ss", "us", "is")):
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("xes", "ches", "shes", "sses")):
+        return word[:-2]
+    return word[:-1] if word.endswith("s") else word
 
 
 def _find(seq: list[str], sub: list[str]) -> list[int]:
@@ -181,8 +193,8 @@ def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, 
 
 _DECLARED = re.compile(
     r"(?:final|correct|right|best|most\s+(?:likely|appropriate|accurate|plausible|suitable)|my)\s+"
-    r"(?:answer|option|choice|response)\b[^.\n:]{0,40}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=|:)\s*:?"
-    r"|\banswer\b[^.\n:]{0,40}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=)\s*:?"
+    r"(?:answer|option|choice|response)\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=|:)\s*:?"
+    r"|\banswer\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=)\s*:?"
     r"|\banswer\s*:"
     r"|\bI\s+(?:choose|select|pick|would\s+choose|will\s+choose)\b\s*:?"
     r"|答案\s*(?:是|为)?\s*:?",
