@@ -9,7 +9,19 @@ Input: annotation dicts (design.md, ``annotations/<clip_id>.json``)::
 
 Output (``build_datasets``): ``sft.jsonl``, ``cot.jsonl``, ``rft.jsonl``, ``bench.json`` and
 ``qa_summary.json``; training files come from train clips only, the benchmark from bench clips
-only (split by clip, seeded).
+only (split by clip, seeded). The three training files hold the same questions (SFT: direct
+prompt, letter / number response; CoT: ST-CoT system prompt and target; RFT: ST-CoT prompt +
+``solution``). Records follow design.md plus ``answer_letter`` (MC; null for numeric).
+
+Command line: ``mllm4d qa --annotations runs/curate/annotations --out runs/qa`` (estimated),
+``mllm4d qa --use-gt --clips tiny_data --out runs/qa_gt`` (ground truth), and ``--score`` with
+both ``--annotations`` and ``--clips`` prints the est-vs-gt agreement line (see :func:`agreement`).
+
+Categories (:data:`CATEGORIES`; VLM4D's translational / rotational / counting / false-positive
+kinds, split by camera and object): object_direction, object_direction_phase (first / second half
+of the visible span, "... at the end of the video?"), object_approach, camera_direction,
+camera_rotation, object_rotation, counting, false_positive, relative_position, speed_comparison,
+and numeric object_distance, camera_distance, object_pair_distance.
 
 Conventions (all questions are judged in ONE frame, so camera and object motion never mix)
 ------------------------------------------------------------------------------------------
@@ -20,7 +32,10 @@ metres. "Directions in the camera's view at the first frame" means directions in
   visible (its centre is not null); about two objects, the first and last frame where both are;
   about the camera only, or about all objects (counting), the whole clip (counting requires every
   object visible at both ends). The ST-CoT target and the RFT ``solution`` state the camera and
-  object centres at exactly these two frames.
+  object centres at exactly these two frames; with several objects, ``object_center`` lists them
+  frame-major (every object at the first frame, then every object at the last), the order in
+  which the ST-CoT states them. Questions with no object (camera, false positives) have
+  ``object_center: []`` and the ST-CoT writes ``Object Center: null``.
 * Translation (objects and camera): displacement ``d = c[last] - c[first]``.
   - "not moving" when ``|d| < qa_static_max_m`` (default 0.15 m);
   - a direction is asked only when the horizontal displacement ``hypot(dx, dz) > qa_moving_min_m``
@@ -56,6 +71,12 @@ metres. "Directions in the camera's view at the first frame" means directions in
   VLM4D wording), which also appears as a distractor in ordinary object questions.
 * Objects whose label occurs twice in a clip are not asked about by name (the question would be
   ambiguous); they still count in counting questions.
+
+Data balance: at most ``qa_max_per_category_per_clip`` questions per category and clip; per split
+and MC category the most common answer (typically "not moving") is cut to at most
+``qa_max_answer_share`` of the category (seeded), so constant guessing cannot score high; in the
+training split, rare categories are repeated in the family's other phrasings up to the median
+category count (``qa_balance_train``; the summary reports unique questions and repeats).
 
 Multiple choice: 4 options; the right answer's letter is assigned by a seeded round-robin over
 shuffled blocks of A-D within each split (exact balance), the distractors fill the other letters
