@@ -304,10 +304,11 @@ class _ClipView:
         return (span is not None and span[1] > span[0]
                 and obj["visible"].sum() >= cfg.qa_min_visible_fraction * self.n)
 
-    def common_span(self, objs: Sequence[dict[str, Any]]) -> tuple[int, int] | None:
+    def common_span(self, objs: Sequence[dict[str, Any]], cfg: QAConfig) -> tuple[int, int] | None:
+        """First and last frame where all ``objs`` are visible (co-visible in enough frames), else None."""
         both = np.logical_and.reduce([o["visible"] for o in objs])
         idx = np.flatnonzero(both)
-        if idx.size < 2 or (idx.size < 0.5 * self.n):
+        if idx.size < 2 or idx.size < cfg.qa_min_visible_fraction * self.n:
             return None
         return int(idx[0]), int(idx[-1])
 
@@ -601,7 +602,7 @@ def _q_counting(view, cfg, drops):
     if not all(view.object_ok(o, cfg) for o in objs):
         drops["counting"] += 1
         return []
-    span = view.common_span(objs)
+    span = view.common_span(objs, cfg)
     if span is None:
         return []
     f0, f1 = span
@@ -656,7 +657,7 @@ def _pairs(view, cfg):
     for i in range(len(objs)):
         for j in range(i + 1, len(objs)):
             a, b = sorted([objs[i], objs[j]], key=lambda o: o["label"])
-            span = view.common_span([a, b])
+            span = view.common_span([a, b], cfg)
             if span is not None:
                 yield a, b, span
 
