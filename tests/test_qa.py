@@ -445,6 +445,12 @@ def test_cot_targets_score_full_reward(tmp_path):
     for name in ("format", "accuracy", "camera", "object"):
         scores = rewards.REWARD_FUNCS[name]([r["response"] for r in cot], **cols)
         assert min(scores) == 1.0, name
+    # and the evaluator's extraction reads both kinds of targets as right, a wrong letter as wrong
+    answers = pytest.importorskip("mllm4d_lite.answers")
+    sft = [json.loads(l) for l in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    assert all(answers.score_response(r, r["response"])[0] == 1.0 for r in cot + sft)
+    assert all(answers.score_response(r, "B" if r["answer_letter"] == "A" else "A")[0] == 0.0
+               for r in sft if r["choices"])
 
 
 def test_synthetic_clips_agree_with_generator_motions():
