@@ -970,8 +970,7 @@ def cot_target(q: Question, answer_tag: str) -> str:
 
 
 def _record(q: Question, choices: dict[str, str] | None, out_dir: Path, qid: str) -> dict[str, Any]:
-    clip_dir = Path(q.clip_dir) if q.clip_dir else Path(q.clip_id)
-    video = os.path.relpath(Path(os.path.abspath(clip_dir)) / "left.mp4", os.path.abspath(out_dir))
+    video = os.path.relpath(Path(os.path.abspath(q.clip_dir)) / "left.mp4", os.path.abspath(out_dir))
     letter = next((lt for lt, text in choices.items() if text == q.answer), None) if choices else None
     return {"id": qid, "clip_id": q.clip_id, "video": video, "category": q.category, "question": q.question,
             "question_type": q.question_type, "choices": choices, "answer": q.answer,
@@ -992,6 +991,9 @@ def build_datasets(annotations: list[dict[str, Any]], out_dir: Path, cfg: QAConf
     seen: set[str] = set()
     for i, ann in enumerate(annotations):
         validate_annotation(ann, f"annotations[{i}] (clip {ann.get('clip_id', '?') if isinstance(ann, dict) else '?'})")
+        if not ann.get("clip_dir"):
+            raise QAError(f"annotation of clip {ann['clip_id']!r} has no clip_dir (the clip folder holding left.mp4); "
+                          "re-run curation, which records it")
         if ann["clip_id"] in seen:
             raise QAError(f"clip {ann['clip_id']!r} appears twice in the annotations; clip ids must be unique")
         seen.add(ann["clip_id"])

@@ -334,6 +334,8 @@ def test_bad_annotation_errors(tmp_path):
     with pytest.raises(qa.QAError, match="camera_centers"):
         qa.build_datasets([bad], tmp_path / "out", QAConfig())
     assert not (tmp_path / "out").exists()
+    with pytest.raises(qa.QAError, match="clip_dir"):
+        qa.build_datasets([dict(ann, clip_dir="")], tmp_path / "out", QAConfig())
     with pytest.raises(qa.QAError, match="twice"):
         qa.build_datasets([ann, ann], tmp_path / "out", QAConfig())
     (tmp_path / "ann").mkdir()
@@ -484,6 +486,16 @@ def test_synthetic_clips_agree_with_generator_motions():
                                     "translate_toward": "towards the camera", "translate_away": "away from the camera"}[m]
                 checked["direction"] += 1
     assert checked["rotation"] >= 5 and checked["direction"] >= 5, checked
+
+
+def test_edge_cases(tmp_path):
+    # no objects: camera questions and false positives only; two frames; one clip -> all train
+    ann = make_ann(objects=[], cam_end=(0, 0, 1.0), n=2)
+    cats = {q.category for q in questions(ann)}
+    assert cats == {"camera_direction", "camera_rotation", "camera_distance", "false_positive"}
+    summary = qa.build_datasets([ann], tmp_path, QAConfig())
+    assert summary["num_clips"] == {"train": 1} and summary["questions"]["bench"] == 0
+    assert json.loads((tmp_path / "bench.json").read_text()) == []
 
 
 def test_cli_errors(tmp_path, capsys):
