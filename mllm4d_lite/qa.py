@@ -182,7 +182,8 @@ class Question:
     ``answer`` / ``distractors``: option texts (MC) or the number as text (numeric);
     ``canonical``: a wording-free answer key used to compare questions built from two annotation
     sources; ``value``: the numeric answer in metres (numeric questions only).
-    ``centers_*``: the states stated by the ST-CoT, frame-major (see ``solution``).
+    ``camera_centers`` / ``object_centers``: the states the ST-CoT states, in metres rounded to cm,
+    at ``frames`` (first, last) of the question's segment (see :meth:`solution`).
     """
 
     clip_id: str
@@ -233,7 +234,7 @@ def _wrap_deg(a: float) -> float:
     return (a + 180.0) % 360.0 - 180.0
 
 
-def classify_translation(d: np.ndarray, cfg: QAConfig, camera: bool = False) -> str | None:
+def classify_translation(d: np.ndarray, cfg: QAConfig) -> str | None:
     """Direction label of a displacement ``d = [dx, dy, dz]`` (m, world frame), or None when it is
     too close to a decision threshold. Labels: static, left, right, towards, away (objects);
     the camera uses the same keys (towards = backward, away = forward)."""
@@ -534,7 +535,7 @@ def _q_object_approach(view, cfg, drops):
 
 def _q_camera_direction(view, cfg, drops):
     f0, f1 = 0, view.n - 1
-    label = classify_translation(view.cam[f1] - view.cam[f0], cfg, camera=True)
+    label = classify_translation(view.cam[f1] - view.cam[f0], cfg)
     if label is None:
         drops["camera_direction"] += 1
         return []
