@@ -8,10 +8,16 @@ prints the agreement). It looks, in this order, for
 
 1. the last ``<answer>…</answer>`` block (a letter, ``(B)``, ``B: text`` or an option's text);
 2. a declared answer, the last one in the reply: "the final answer is: X",
-   "Answer: (X)", "the correct option is X", ``\\boxed{X}``, …;
-3. a reply that *is* an option: "C", "C.", "(C)", "C: left", "C) left";
-4. an option's text instead of a letter ("The man is moving towards the camera.");
-5. a lone letter closing the reply ("… so the answer is\\n\\nC").
+   "Answer: (X)", "the correct option is X", ``\\boxed{X}``, "the correct answer is that
+   the dog is not moving" (an option in words); a last declaration that names no option
+   ("the final answer is: N/A") means no answer;
+3. a reply that *is* an option: "C", "C.", "(C)", "C: left", "C) left", "left";
+4. a letter named as the choice in the last sentences: "option D", "B is the correct
+   answer", "… is 'D: further away from the camera'";
+5. an option's text in the last sentences ("The man is moving towards the left.");
+   word forms are folded ("downwards" = "down", "twice" = "2", "dogs" = "dog");
+6. the last sentence holding most of one option's content words;
+7. a lone letter closing the reply ("… so the answer is\\n\\nC").
 
 Ambiguous replies ("A or B", "A and C", two different letters) give ``None``, which is
 scored wrong and counted as "no answer". Letters inside words ("Clockwise") never count.
@@ -95,7 +101,7 @@ def _tokens(text: Any) -> list[str]:
     for pattern, repl in _PHRASE_CANON:
         s = pattern.sub(repl, s)
     words = re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9.,;:!?'\"()\[\]*]", s)
-    return [_singular(_WORD_CANON.get(t, t)) for t in words]
+    return [_singular(_WORD_CANON.get(t, t)) for t in words if t not in ("the", "a", "an")]
 
 
 def _singular(word: str) -> str:
@@ -163,7 +169,7 @@ def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, 
     lines = [ln for ln in span.strip().split("\n") if re.search(r"[A-Za-z0-9]", ln)]
     if not lines:
         return None
-    s = lines[0].strip().lstrip(":-=>*#\"'(;[ \t")
+    s = lines[0].strip().lstrip(":-=>*#\"'(;,[ \t")
     s = re.sub(r"^(?:option|choice|letter)\s*:?\s*", "", s, flags=re.I)
     m = re.match(r"([A-Za-z])\s*(?:[\)\]]|(?![A-Za-z0-9]))", s)
     if m:
@@ -191,11 +197,13 @@ def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, 
 
 # --------------------------------------------------------------------------- declared answers
 
+_THEN = r"(?:\s*,?\s*(?:then|therefore|thus|clearly|simply|hence)\b\s*,?\s*:?)?"
 _DECLARED = re.compile(
     r"(?:final|correct|right|best|most\s+(?:likely|appropriate|accurate|plausible|suitable)|my)\s+"
-    r"(?:answer|option|choice|response)\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=|:)\s*:?"
-    r"|\banswer\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=)\s*:?"
+    r"(?:answer|option|choice|response)\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=|:)\s*:?" + _THEN +
+    r"|\banswer\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=)\s*:?" + _THEN +
     r"|\banswer\s*:"
+    r"|\banswer\s+(?=(?-i:[A-Z])\b)"
     r"|\bI\s+(?:choose|select|pick|would\s+choose|will\s+choose)\b\s*:?"
     r"|答案\s*(?:是|为)?\s*:?",
     re.I,
@@ -214,13 +222,71 @@ def _declared(text: str, letters: tuple[str, ...], choices: Mapping[str, Any] | 
         got = _letter_at_start(text[m.end():], letters, choices)
         if got is not None:
             return got
-    if matches:
-        tail = text[matches[-1].end():].strip()
-        if re.search(r"[A-Za-z0-9]", tail):
-            # "the correct answer is that the dog is not moving": an option named in words
+        tail = text[m.end():].strip()
+        if re.search(r"[A-Za-z0-9]", tail.split("\n")[0]):
+            # "the correct answer is that the dog is not moving": an option named in words;
+            # a declaration naming nothing ("the final answer is: N/A") means no answer
             first_sentence = re.split(r"(?<=[.!?\n])\s", tail)[0]
             return _option_in_text(first_sentence, choices, whole=False) or ""
     return None
+
+
+_MENTION = re.compile(
+    r"\b(?:option|choice)\s*[\(\[]?([A-Z])(?![A-Za-z0-9])"
+    r"|(?<![A-Za-z0-9'])[\(\[]?([A-Z])[\)\]]?\s+is\s+(?:the\s+)?(?:correct|right|best|most)\b"
+    r"|(?<![A-Za-z0-9'])([A-Z])\s*[:)]\s*(\S[^\n]*)"
+)
+
+
+def _letter_mention(sentence: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None) -> str | None:
+    """A letter named inside a sentence as the chosen option: "option D", "B is the correct
+    answer", or "D: <D's own text>". ``""`` when the sentence names two different ones."""
+    found = []
+    for m in _MENTION.finditer(sentence):
+        if m.group(1) or m.group(2):
+            letter = m.group(1) or m.group(2)
+        else:
+            letter = m.group(3)
+            if not choices or letter not in letters:
+                continue
+            option = _tokens(_choice_text(choices, letter))
+            if not option or _tokens(m.group(4))[:len(option)] != option:
+                continue
+        if letter in letters:
+            found.append(letter)
+    if not found:
+        return None
+    return found[0] if len(set(found)) == 1 else ""
+
+
+def _choice_text(choices: Mapping[str, Any], letter: str) -> Any:
+    for k, v in choices.items():
+        if str(k).strip().upper() == letter:
+            return v
+    return ""
+
+
+_STOPWORDS = {"is", "are", "was", "were", "be", "of", "in", "on", "to", "it", "its", "and", "at",
+              "from", "with", "by", "video", "image", "frame", "there", "this", "that", "thi"}
+
+
+def _closest_option(sentence: str, choices: Mapping[str, Any]) -> str | None:
+    """The option most of whose content words (≥ 2/3, at least two words) occur in
+    ``sentence``, un-negated, when exactly one option scores best."""
+    words = _tokens(sentence)
+    negated = {w for i, w in enumerate(words) if any(x in _NEGATIONS for x in words[max(0, i - 2):i])}
+    present = set(words) - negated
+    scores = {}
+    for letter, option in choices.items():
+        content = [w for w in _tokens(option) if w not in _STOPWORDS]
+        if len(content) < 2 or content[0] in _NEGATIONS:
+            continue
+        scores[str(letter).upper()] = sum(w in present for w in content) / len(content)
+    if not scores:
+        return None
+    best = max(scores.values())
+    winners = [k for k, v in scores.items() if v == best]
+    return winners[0] if best >= 2 / 3 and len(winners) == 1 else None
 
 
 # sentences, from the end of a reply, searched for an option named in words
@@ -251,12 +317,23 @@ def extract_choice(response: str | None, choices: Mapping[str, Any] | None = Non
     >>> extract_choice("The answer is A or B") is None
     True
     """
+    return explain_choice(response, choices)[0]
+
+
+def explain_choice(response: str | None, choices: Mapping[str, Any] | None = None) -> tuple[str | None, str]:
+    """:func:`extract_choice` plus the name of the rule that decided: ``answer-tag``,
+    ``declared``, ``option-reply``, ``letter-mention``, ``option-text``, ``closest-option``,
+    ``trailing-letter``, or ``none`` (``ambiguous`` / ``unreadable`` when a declared answer
+    names two options or none)."""
     if response is None:
-        return None
+        return None, "none"
     text = _clean(str(response)).strip()
     if not text:
-        return None
+        return None, "none"
     letters = _letters(choices)
+
+    def done(got: str, rule: str) -> tuple[str | None, str]:
+        return (got, rule) if got else (None, f"{rule}:ambiguous-or-unreadable")
 
     # 1. <answer> ... </answer> (the last one; an unclosed tag reads to the end)
     tags = re.findall(r"<answer>(.*?)(?:</answer>|$)", text, flags=re.S | re.I)
@@ -265,30 +342,45 @@ def extract_choice(response: str | None, choices: Mapping[str, Any] | None = Non
         if got is None:
             got = _declared(inner, letters, choices)
         if got is not None:
-            return got or None
+            return done(got, "answer-tag")
 
     # 2. a declared answer
     got = _declared(text, letters, choices)
     if got is not None:
-        return got or None
+        return done(got, "declared")
 
     # 3. the reply is an option: "C", "(C)", "C.", "C: left", "C) left"
     got = _letter_at_start(text, letters, choices)
     if got is not None:
-        return got or None
+        return done(got, "option-reply")
 
-    # 4. an option's text instead of a letter: the last sentence naming exactly one option
+    window = re.split(r"(?<=[.!?\n])\s+", text)[-_TEXT_WINDOW:]
+    # 4. a letter named as an option near the end: "… is 'D: further away from the camera'",
+    #    "option D", "B is the correct answer"
+    for sentence in reversed(window):
+        got = _letter_mention(sentence, letters, choices)
+        if got is not None:
+            return done(got, "letter-mention")
+
+    # 5. an option's text instead of a letter: the last sentence naming an option
     if choices:
-        for sentence in reversed(re.split(r"(?<=[.!?\n])\s+", text)[-_TEXT_WINDOW:]):
+        for sentence in reversed(window):
             got = _option_in_text(sentence, choices, whole=False)
             if got:
-                return got
+                return got, "option-text"
 
-    # 5. a lone letter closing the reply
-    m = re.search(r"(?<![A-Za-z0-9'])[\(\[]?([A-Z])[\)\]]?[.!]?\s*$", text)
+    # 6. the last sentence shares most of one option's content words ("moving towards the
+    #    camera" for "closer towards the camera")
+    if choices and window:
+        got = _closest_option(window[-1], choices)
+        if got:
+            return got, "closest-option"
+
+    # 7. a lone letter closing the reply
+    m = re.search(r"(?<![A-Za-z0-9'_])[\(\[]?([A-Z])[\)\]]?[.!]?\s*$", text)
     if m and m.group(1) in letters:
-        return m.group(1)
-    return None
+        return m.group(1), "trailing-letter"
+    return None, "none"
 
 
 def answer_letters(answer_text: Any, choices: Mapping[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-from mllm4d_lite.answers import extract_choice, score_response
+from mllm4d_lite.answers import explain_choice, score_response
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vlm4d"
 
@@ -34,14 +34,24 @@ def judge_letter(extracted: str) -> str | None:
     return m.group(1) if m else None
 
 
-def disagreement_kind(ours: str | None, judge: str | None, response: str) -> str:
+def usual_regex_letter(response: str) -> str | None:
+    """The usual quick extractor, for comparison: <answer> tag, "answer: X", a reply that is
+    one letter, a trailing letter."""
+    for pattern in (r"<answer>\s*\(?([A-D])\)?", r"answer\s*(?:is)?\s*:?\s*\(?([A-D])\b",
+                    r"^\s*\(?([A-D])\)?\s*\.?\s*$", r"\b([A-D])\s*\.?\s*$"):
+        m = re.search(pattern, response, flags=re.I if "answer" in pattern else 0)
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+def disagreement_kind(ours: str | None, rule: str, judge: str | None) -> str:
+    """Who found what, and which of our rules decided."""
     if judge is None:
-        return "judge: no answer, ours: a letter"
+        return f"judge: no valid answer; ours: a letter by rule {rule}"
     if ours is None:
-        if re.search(r"\b[A-D]\b\s*(?:or|and|,)\s*\b[A-D]\b", response):
-            return "ours: no answer (two letters), judge: a letter"
-        return "ours: no answer, judge: a letter"
-    return "different letters"
+        return f"judge: a letter; ours: no answer ({rule})"
+    return f"different letters; ours by rule {rule}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"no judged files under {args.data} (expected <split>_mc_<prompt>/<model>.json)", file=sys.stderr)
         return 2
-    total = agree = 0
+    total = agree = regex_agree = 0
     kinds: collections.Counter[str] = collections.Counter()
     examples: dict[str, list] = collections.defaultdict(list)
     per_file = []
@@ -63,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         entries = json.loads(path.read_text())
         n = ok = judged = f_agree = 0
         for e in entries:
-            ours = extract_choice(e["response"], e["choices"])
+            ours, rule = explain_choice(e["response"], e["choices"])
             judge = judge_letter(e["extracted_answer"])
+            regex_agree += usual_regex_letter(e["response"]) == judge
             score, _ = score_response(e, e["response"])
             n += 1
             ok += score
@@ -72,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             if ours == judge:
                 f_agree += 1
                 continue
-            kind = disagreement_kind(ours, judge, e["response"])
+            kind = disagreement_kind(ours, rule, judge)
             kinds[kind] += 1
             rec = {"file": f"{path.parent.name}/{path.name}", "id": e["id"], "ours": ours,
-                   "judge": e["extracted_answer"], "response": e["response"][-300:]}
+                   "rule": rule, "judge": e["extracted_answer"], "response": e["response"][-300:]}
             if len(examples[kind]) < args.examples:
                 examples[kind].append(rec)
             if dump:
@@ -101,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"          {rec['file']} {rec['id']}: ours={rec['ours']} judge={rec['judge'][:40]!r} "
                   f"reply=...{rec['response'][-120:]!r}")
     print()
+    print(f"usual regex extractor (answer tag, 'answer: X', lone/trailing letter) agrees on "
+          f"{100 * regex_agree / total:.2f} %")
     print(f"replies: {total}, extractor agrees with the judge's option on {agree} = {100 * agree / total:.2f} %"
           f" (target >= 98 %)")
     print(f"files: {len(per_file)}, accuracy within 1 point of the judged accuracy on {within}"
