@@ -129,7 +129,12 @@ class RewardStats:
     """Counts of scored and malformed completions, per reward and reason (thread-safe).
 
     ``REWARD_STATS.count("camera", "unparsable_center")``; ``snapshot()`` gives
-    ``{"camera": {"scored": 96, "unparsable_center": 3, ...}, ...}``.
+    ``{"camera": {"scored": 96, "unparsable_center": 3, ...}, ...}``. Reasons: ``scored`` (every
+    completion), ``unreadable`` (not text), ``internal_error`` (a bug: logged with its traceback),
+    ``non_finite``; format: ``missing_blocks``, ``empty_answer``, ``repeated_blocks``; accuracy:
+    ``empty_answer``, ``no_answer`` (nothing extractable), ``bad_ground_truth``; camera/object:
+    ``count_mismatch``, ``unparsable_center``, ``null_mismatch``, ``unexpected_center`` (stated
+    where the truth has none), ``bad_ground_truth``.
     """
 
     def __init__(self) -> None:
@@ -199,6 +204,14 @@ def completion_text(completion: Any) -> str | None:
         else:
             return None
     return "\n".join(texts) if texts else None
+
+
+def _completions(completions: Any, reward: str) -> list[Any]:
+    """The batch as a list; a bare string or non-sequence is a wiring error (not model output)."""
+    if isinstance(completions, (str, bytes)) or not isinstance(completions, (list, tuple)):
+        raise ValueError(f"{reward}_reward takes a list of completions (one per sample), got "
+                         f"{type(completions).__name__}; wrap a single completion as [completion]")
+    return list(completions)
 
 
 def _column(kwargs: Mapping[str, Any], name: str, n: int, reward: str, required: bool = True) -> list[Any]:
@@ -303,6 +316,7 @@ def format_reward(completions: Sequence[Any], *, strict_release: bool = False,
     [1.0]
     """
     opts = _resolve_options(strict_release, options)
+    completions = _completions(completions, "format")
     scores, reasons = [], []
     for completion in completions:
         text = completion_text(completion)
@@ -372,6 +386,7 @@ def accuracy_reward(completions: Sequence[Any], *, strict_release: bool = False,
     [1.0, 1.0, 0.0]
     """
     opts = _resolve_options(strict_release, options)
+    completions = _completions(completions, "accuracy")
     n = len(completions)
     answers = _column(kwargs, "answer", n, "accuracy")
     choices = _column(kwargs, "choices", n, "accuracy", required=False)
@@ -510,6 +525,7 @@ def _center_score(text: str, gt: list[Any] | None, kind: str, opts: RewardOption
 def _centers_reward(kind: str, completions: Sequence[Any], strict_release: bool,
                     options: RewardOptions | None, kwargs: Mapping[str, Any]) -> list[float]:
     opts = _resolve_options(strict_release, options)
+    completions = _completions(completions, kind)
     solutions = _column(kwargs, "solution", len(completions), kind)
     key = f"{kind}_center"
     scores, reasons = [], []
@@ -561,15 +577,8 @@ REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {
 }
 
 
-def get_reward_funcs(names: Sequence[str], strict_release: bool = False,
-                     options: RewardOptions | None = None) -> list[Callable[..., list[float]]]:
-    """The reward functions for ``names`` (a subset of ``REWARD_NAMES``, in the given order),
-    bound to the release formulas (``strict_release``) or to ``options``.
-
-    The results are picklable ``functools.partial`` objects whose ``__name__`` is the
-    function's (``format_reward``, ...), so TRL logs ``rewards/format_reward/mean`` in every
-    mode. Leaving names out is the paper's reward ablation.
-    """
+def _reward_names(names: Sequence[str] | str) -> list[str]:
+    """``["format", "accuracy"]`` or ``"format,accuracy"`` -> checked list (known, non-empty, unique)."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(names)
@@ -580,6 +589,19 @@ def get_reward_funcs(names: Sequence[str], strict_release: bool = False,
         raise ValueError(f"no reward selected; choose one or more of {list(REWARD_NAMES)}")
     if len(set(names)) != len(names):
         raise ValueError(f"reward names repeat in {names}; name each reward once")
+    return names
+
+
+def get_reward_funcs(names: Sequence[str], strict_release: bool = False,
+                     options: RewardOptions | None = None) -> list[Callable[..., list[float]]]:
+    """The reward functions for ``names`` (a subset of ``REWARD_NAMES``, in the given order),
+    bound to the release formulas (``strict_release``) or to ``options``.
+
+    The results are picklable ``functools.partial`` objects whose ``__name__`` is the
+    function's (``format_reward``, ...), so TRL logs ``rewards/format_reward/mean`` in every
+    mode. Leaving names out is the paper's reward ablation.
+    """
+    names = _reward_names(names)
     opts = _resolve_options(strict_release, options)
     funcs = []
     for name in names:
@@ -587,6 +609,22 @@ def get_reward_funcs(names: Sequence[str], strict_release: bool = False,
         functools.update_wrapper(bound, REWARD_FUNCS[name])
         funcs.append(bound)
     return funcs
+
+
+def check_reward_config(names: Sequence[str], weights: Sequence[float] | None) -> None:
+    """Validate a recipe's ``reward_funcs`` names and ``reward_weights`` (same length, finite,
+    non-negative, not all zero); raise ``ValueError`` naming the fix. ``weights=None`` means
+    TRL's default (1.0 each)."""
+    names = _reward_names(names)
+    if weights is None:
+        return
+    weights = list(weights)
+    if len(weights) != len(names):
+        raise ValueError(f"reward_weights has {len(weights)} values for {len(names)} rewards {list(names)}; "
+                         f"give one weight per reward (release: {RELEASE_REWARD_WEIGHTS})")
+    bad = [w for w in weights if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0]
+    if bad or not any(weights):
+        raise ValueError(f"reward_weights {weights} must be finite, non-negative and not all zero")
 
 
 def weighted_total(scores: Mapping[str, Sequence[float]], weights: Mapping[str, float]) -> list[float]:

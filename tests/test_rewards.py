@@ -23,6 +23,7 @@ from mllm4d_lite.rewards import (
     RewardOptions,
     accuracy_reward,
     camera_reward,
+    check_reward_config,
     completion_text,
     format_reward,
     get_reward_funcs,
@@ -328,6 +329,8 @@ def test_kwargs_broadcasting():
 
 
 def test_wiring_errors_raise_clearly():
+    with pytest.raises(ValueError, match="list of completions"):
+        format_reward("<answer>C</answer>")
     with pytest.raises(ValueError, match="'answer'"):
         accuracy_reward(["<answer>C</answer>"], choices=CHOICES)
     with pytest.raises(ValueError, match="'solution'"):
@@ -366,6 +369,17 @@ def test_registry_and_names():
     for bad in (["format", "fromat"], [], ["format", "format"]):
         with pytest.raises(ValueError):
             get_reward_funcs(bad)
+
+
+def test_check_reward_config():
+    check_reward_config(["format", "accuracy", "camera", "object"], [0.2, 0.6, 0.1, 0.1])
+    check_reward_config("format,accuracy", [0.25, 0.75])
+    check_reward_config(["accuracy"], None)
+    for names, weights, message in ((["format", "accuracy"], [0.2], "2 rewards"),
+                                    (["format"], [-1.0], "non-negative"), (["format"], [0.0], "not all zero"),
+                                    (["format"], [float("nan")], "finite"), (["formats"], [1.0], "unknown")):
+        with pytest.raises(ValueError, match=message):
+            check_reward_config(names, weights)
 
 
 def test_bound_functions_apply_the_mode_and_pickle():
@@ -443,3 +457,43 @@ def test_malformed_outputs_are_counted_by_reason():
 def test_module_doctests():
     result = doctest.testmod(rewards, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 10 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- inside TRL's GRPOTrainer
+
+def test_rewards_run_inside_trl_grpo_trainer(tmp_path):
+    """One real GRPO step of a tiny random text model: TRL calls the rewards with the dataset's
+    columns (Arrow struct ``choices``/``solution``), logs them under their names, and the
+    logged total is the recipe's weighted sum."""
+    import torch
+    from datasets import Dataset
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from mllm4d_lite.model import build_tokenizer
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=tok.pad_token_id, tie_word_embeddings=True))
+    rows = [dict(prompt=[{"role": "user", "content": "Which way did the camera move?"}], **MC, solution=SOL),
+            dict(prompt=[{"role": "user", "content": "How far did the camera move?"}], **NUM, solution=SOL_NO_OBJ)]
+    names = ["format", "accuracy", "camera", "object"]
+    weights = [RELEASE_REWARD_WEIGHTS[n] for n in names]
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=8, max_steps=1, logging_steps=1, report_to=[], use_cpu=True,
+                      reward_weights=weights, save_strategy="no", disable_tqdm=True)
+    REWARD_STATS.reset()
+    trainer = GRPOTrainer(model=model, reward_funcs=get_reward_funcs(names), args=args,
+                          train_dataset=Dataset.from_list(rows * 2), processing_class=tok)
+    trainer.train()
+    logs = trainer.state.log_history[0]
+    means = [logs[f"rewards/{n}_reward/mean"] for n in names]
+    assert all(0.0 <= m <= 1.0 for m in means)
+    assert logs["reward"] == pytest.approx(sum(w * m for w, m in zip(weights, means)), abs=1e-6)
+    assert all(f"malformed/{n}" in logs for n in names)
+    assert REWARD_STATS.count("format", "scored") == 4 and REWARD_STATS.count(reason="internal_error") == 0
