@@ -276,6 +276,9 @@ def test_release_options_are_all_off_and_default_all_on():
 
 
 def test_mra_uses_ten_explicit_thresholds():
+    from mllm4d_lite.answers import MRA_THRESHOLDS  # shared with evaluation
+
+    assert MRA_THRESHOLDS == (0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
     # 2.2 vs 2.0 is 10 % off: passes 0.50 ... 0.85 (eight of ten); 1.5 vs 2.0 (25 %): 0.50 ... 0.70 (five).
     got = accuracy_reward(["<answer>2.2</answer>", "<answer>1.5</answer>", "<answer>2</answer>"],
                           answer="2.0", choices=None, question_type="numeric")
