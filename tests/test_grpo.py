@@ -1,0 +1,263 @@
+"""GRPO stage: config and recipes, prompt ablation, the video reaching the policy, a tiny run.
+
+The "video reaches the policy" test is the guard the GRPO issue asks for: TRL's GRPOTrainer
+builds its log-probability inputs from ``image``/``images`` only, so a video in the prompt
+messages reaches generation but not the loss. The kit's trainer feeds it; these tests fail if
+the policy's log-probs (or its LoRA gradients) stop depending on the frames.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from mllm4d_lite import grpo, prompts  # noqa: E402
+from mllm4d_lite.config import ConfigError, build_config, parse_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted((REPO / "recipes").glob("*/grpo.yaml"))
+CHOICES = {"A": "left", "B": "right", "C": "toward the camera", "D": "not moving"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny model is fastest on one thread, and the CI machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def grpo_data(tmp_path_factory, random_video) -> Path:
+    """rft.jsonl + cot.jsonl: 4 questions on two different clips (absolute video paths)."""
+    from mllm4d_lite.video import write_video
+
+    root = tmp_path_factory.mktemp("grpo_data")
+    rng = np.random.default_rng(1)
+    frames = np.stack([np.roll((rng.random((120, 160, 3)) * 255).astype(np.uint8), 4 * i, axis=1) for i in range(16)])
+    second = root / "second.mp4"
+    write_video(second, frames, fps=8.0)
+    rft, cot = [], []
+    for i in range(4):
+        video = str(random_video if i % 2 == 0 else second)
+        answer_letter = "A" if i % 2 == 0 else "B"
+        rec = {"id": f"q{i}", "clip_id": f"c{i % 2}", "video": video, "category": "camera_direction",
+               "question": "Which way does the camera move?", "question_type": "multiple-choice",
+               "choices": CHOICES, "answer": CHOICES[answer_letter], "answer_letter": answer_letter,
+               "solution": {"camera_center": [[0.0, 0.0, 0.0], [-0.5 if i % 2 == 0 else 0.5, 0.0, 0.0]],
+                            "object_center": [], "frames": [0, 15]},
+               "system": prompts.ST_COT_SYSTEM_PROMPT,
+               "prompt": prompts.st_cot_prompt("Which way does the camera move?", CHOICES)}
+        rft.append(rec)
+        x = rec["solution"]["camera_center"][1][0]
+        cot.append({**rec, "response": f"<thinking>Camera Center: [0.00, 0.00, 0.00] Object Center: null. "
+                                       f"Camera Center: [{x:.2f}, 0.00, 0.00] Object Center: null.</thinking>"
+                                       f"<answer>{answer_letter}</answer>"})
+    (root / "rft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rft))
+    (root / "cot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cot))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cold_start_adapter(grpo_data, tiny_qwen25, tmp_path_factory) -> Path:
+    """A short ST-CoT cold start (the real `mllm4d sft` code path) so completions vary in reward."""
+    from mllm4d_lite.sft import SFTConfigKit, train
+
+    out = tmp_path_factory.mktemp("cold_start")
+    cfg = SFTConfigKit(model=str(tiny_qwen25), train_file=str(grpo_data / "cot.jsonl"), output_dir=str(out),
+                       max_steps=40, learning_rate=3e-3, lr_scheduler_type="constant", warmup_ratio=0.0,
+                       logging_steps=20, save_steps=1000, num_threads=1, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    summary = train(cfg)
+    return Path(summary["adapter"])
+
+
+def _cfg(grpo_data, model, out, **kw) -> grpo.GRPOConfigKit:
+    base = dict(model=str(model), train_file=str(grpo_data / "rft.jsonl"), output_dir=str(out), num_generations=4,
+                per_device_train_batch_size=4, max_completion_length=48, max_steps=2, save_steps=2,
+                sample_every=1, num_threads=1, seed=0)
+    base.update(kw)
+    return build_config(grpo.GRPOConfigKit, base)
+
+
+# ------------------------------------------------------------------------------------ config
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.parent.name)
+def test_recipes_load_with_paper_values(recipe):
+    cfg = parse_config(grpo.GRPOConfigKit, ["--config", str(recipe)], prog="test")
+    assert cfg.reward_funcs == ["format", "accuracy", "camera", "object"]
+    assert cfg.reward_weights == [0.2, 0.6, 0.1, 0.1]
+    assert cfg.beta == pytest.approx(0.001)  # kept above zero (TRL's default is 0)
+    assert cfg.temperature == 1.0 and cfg.learning_rate == pytest.approx(1e-4)
+    assert cfg.use_st_cot_prompt and not cfg.blind
+    assert cfg.num_generations == (4 if recipe.parent.name == "tiny" else 8)
+    assert cfg.adapter_init, "GRPO starts from the cold-start adapter"
+    header = recipe.read_text().split("\n\n")[0]
+    assert "mllm4d grpo --config" in header and "beta" in recipe.read_text()
+
+
+def test_recipes_exist_for_each_profile():
+    assert {p.parent.name for p in RECIPES} >= {"tiny", "qwen2.5-vl-3b", "qwen3-vl-4b"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"reward_weights": [0.5, 0.5]}, "one weight per reward"),
+    ({"reward_funcs": ["format", "style"]}, "choose one or more"),
+    ({"per_device_train_batch_size": 6}, "multiple of `num_generations"),
+    ({"num_generations": 1}, ">= 2 completions"),
+    ({"beta": -0.1}, "`beta` must be >= 0"),
+])
+def test_bad_config_values_are_refused(bad, message):
+    with pytest.raises((ValueError, ConfigError), match=message):
+        build_config(grpo.GRPOConfigKit, bad)
+
+
+def test_vllm_on_cpu_is_a_clear_error():
+    from mllm4d_lite.model import ModelSetupError
+
+    with pytest.raises(ModelSetupError, match="use_vllm: true"):
+        grpo._check_setup(grpo.GRPOConfigKit(use_vllm=True), "cpu")
+
+
+def test_cli_help_lists_the_ablation_switches(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        grpo.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--reward-funcs", "--reward-weights", "--use-st-cot-prompt", "--adapter-init", "--resume"):
+        assert option in text
+
+
+def test_prompt_ablation_switches_system_and_instruction():
+    rec = {"question": "Which way does the camera move?", "choices": CHOICES}
+    cot = grpo.prompt_messages(rec, use_st_cot_prompt=True)
+    direct = grpo.prompt_messages(rec, use_st_cot_prompt=False)
+    assert cot[0]["role"] == "system" and cot[0]["content"][0]["text"] == prompts.ST_COT_SYSTEM_PROMPT
+    assert cot[-1]["content"][0]["type"] == "video"
+    assert cot[-1]["content"][1]["text"] == prompts.st_cot_prompt(rec["question"], CHOICES)
+    assert [m["role"] for m in direct] == ["user"]
+    assert direct[-1]["content"][1]["text"] == prompts.direct_prompt(rec["question"], CHOICES)
+
+
+def test_fifth_means():
+    first, last = grpo.fifth_means([0.0] * 5 + [0.5] * 10 + [1.0] * 5)
+    assert (first, last) == (0.0, 1.0)
+    assert grpo.fifth_means([0.2, 0.4]) == (0.2, 0.4)
+
+
+# ------------------------------------------------------------------------ video reaches policy
+
+def test_video_reaches_the_policy_logprobs_and_gradients(grpo_data, tiny_qwen25, tmp_path):
+    """Same completions, frames blanked: the policy's log-probs, TRL's reference log-probs and
+    the LoRA gradients of the GRPO loss must all change. TRL's own scoring path is blind."""
+    from trl import GRPOTrainer
+
+    cfg = _cfg(grpo_data, tiny_qwen25, tmp_path, beta=0.001)
+    trainer = grpo.build_trainer(cfg)
+    trainer.model.train()
+    example = trainer.train_dataset[0]
+    inputs = [example] * cfg.num_generations
+    out = trainer._generate_and_score_completions(inputs)  # generation + TRL's reference log-probs
+    rows = out["video_inputs"]
+    assert len(rows) == cfg.num_generations and rows[0]["pixel_values_videos"].abs().sum() > 0
+
+    blank_prompt = copy.deepcopy(example["prompt"])
+    video_part = next(p for p in blank_prompt[-1]["content"] if p["type"] == "video")
+    video_part["video"] = np.zeros_like(video_part["video"])
+    blank_rows = grpo.video_rows_for(trainer, [blank_prompt] * cfg.num_generations)
+    assert torch.equal(blank_rows[0]["video_grid_thw"], rows[0]["video_grid_thw"])  # same token count
+
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    keep = out["completion_ids"].size(1)
+    cmask = out["completion_mask"].bool()
+    with torch.no_grad():
+        with trainer.video_scope(rows):
+            seen, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+        with trainer.video_scope(blank_rows):
+            blind, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+        stock, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(trainer, trainer.model, ids, mask, keep)
+    diff = (seen - blind).abs()[cmask]
+    assert diff.max() > 1e-3, f"blanking the frames left the policy's log-probs unchanged (max diff {diff.max():.2e})"
+    # TRL's reference pass (inside its own _generate_and_score_completions) saw the video too:
+    # at step 0 the reference adapter equals the policy, so its log-probs match the seeing ones.
+    ref = out["ref_per_token_logps"]
+    assert torch.allclose(ref[cmask], seen[cmask], atol=1e-4)
+    assert (ref - blind).abs()[cmask].max() > 1e-3
+    # the stock TRL method, given the batch TRL itself would pass (no video fields), scores a blind model
+    assert (stock - seen).abs()[cmask].max() > 1e-3
+
+    # gradients of the GRPO loss through the trainer's own loss path
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); the loss normalises by it
+
+    def lora_grads(video_rows):
+        trainer.model.zero_grad(set_to_none=True)
+        batch = dict(out, video_inputs=video_rows, advantages=torch.tensor([1.0, -1.0, 1.0, -1.0]))
+        trainer.compute_loss(trainer.model, batch).backward()
+        return torch.cat([p.grad.flatten() for n, p in trainer.model.named_parameters()
+                          if p.requires_grad and p.grad is not None])
+
+    g_seen, g_blind = lora_grads(rows), lora_grads(blank_rows)
+    assert g_seen.abs().sum() > 0
+    assert (g_seen - g_blind).abs().max() > 1e-6 * g_seen.abs().max() + 1e-9
+
+
+def test_batch_with_video_tokens_but_no_features_raises(grpo_data, tiny_qwen25, tmp_path):
+    cfg = _cfg(grpo_data, tiny_qwen25, tmp_path)
+    trainer = grpo.build_trainer(cfg)
+    prompt_ids, _, _ = trainer._tokenize_prompts([trainer.train_dataset[0]["prompt"]])
+    trainer._active_video_rows = None
+    ids = torch.tensor(prompt_ids)
+    with pytest.raises(RuntimeError, match="blind"):
+        trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 4)
+
+
+# --------------------------------------------------------------------------------- tiny run
+
+def _adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_tiny_grpo_run_updates_lora_logs_every_component_and_resumes(grpo_data, tiny_qwen25, cold_start_adapter,
+                                                                     tmp_path):
+    out = tmp_path / "grpo"
+    cfg = _cfg(grpo_data, tiny_qwen25, out, adapter_init=str(cold_start_adapter), max_steps=2, save_steps=2,
+               per_device_train_batch_size=8)
+    summary = grpo.run(cfg)
+    assert summary["steps"] == 2
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    # resume to step 4 from the checkpoint
+    summary = grpo.run(dataclasses.replace(cfg, max_steps=4, resume=True))
+    assert summary["steps"] == 4
+
+    rows = grpo.read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for row in rows:
+        for key in ("reward", "format", "accuracy", "camera", "object", "completion_length", "kl",
+                    "s_per_step", "memory_gb"):
+            assert row[key] is not None and np.isfinite(row[key]), (key, row)
+        weighted = 0.2 * row["format"] + 0.6 * row["accuracy"] + 0.1 * row["camera"] + 0.1 * row["object"]
+        assert row["reward"] == pytest.approx(weighted, abs=1e-4)
+    assert max(r["reward_std"] for r in rows) > 0, "no reward variance: the run could not learn"
+
+    before, after = _adapter_weights(cold_start_adapter), _adapter_weights(out / "adapter")
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.allclose(before[k], after[k])]
+    assert changed, "GRPO left every LoRA weight unchanged"
+    assert not (out / "adapter" / "ref").exists(), "only the trained adapter is saved, not TRL's reference copy"
+    assert (out / "reward_curve.png").stat().st_size > 1000
+    samples = [json.loads(ln) for ln in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and set(samples[0]["rewards"]) == {"format", "accuracy", "camera", "object"}
+    assert len(samples[0]["completions"]) == cfg.num_generations
+    assert (out / "config.yaml").is_file() and json.loads((out / "summary.json").read_text())["steps"] == 4
+
