@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,15 +355,16 @@ def _training_args(cfg: SFTConfigKit, device: str, torch_dtype):
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         report_to="none", use_cpu=not device.startswith("cuda"), bf16=torch_dtype == torch.bfloat16,
-        fp16=torch_dtype == torch.float16, gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        fp16=torch_dtype == torch.float16, activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
         dataloader_num_workers=0, save_only_model=False,
     )
 
 
-def train(cfg: SFTConfigKit) -> dict[str, Any]:
-    """Run one SFT / cold-start stage; returns a summary dict (also written to ``summary.json``)."""
+def train(cfg: SFTConfigKit, return_trainer: bool = False):
+    """Run one SFT / cold-start stage; returns a summary dict (also written to ``summary.json``),
+    or ``(summary, trainer)`` with ``return_trainer`` (tests inspect ``trainer.model``)."""
     import torch
     from transformers import set_seed
     from transformers.trainer_callback import ProgressCallback
@@ -472,7 +474,7 @@ def train(cfg: SFTConfigKit) -> dict[str, Any]:
         atomic_write_json(out / "eval.json", {**result_eval, "skipped": eval_skipped})
         summary["eval"] = {k: v for k, v in result_eval.items() if k != "predictions"}
     atomic_write_json(out / "summary.json", summary)
-    return summary
+    return (summary, trainer) if return_trainer else summary
 
 
 def _QuietProgress():
@@ -489,7 +491,14 @@ def _QuietProgress():
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SFTConfigKit, argv, prog="mllm4d sft",
                        description="SFT / ST-CoT cold start of a Qwen-VL with (Q)LoRA on video QA records.")
-    summary = train(cfg)
+    from mllm4d_lite.data import DataError
+    from mllm4d_lite.model import ModelSetupError
+
+    try:
+        summary = train(cfg)
+    except (ConfigError, DataError, ModelSetupError) as err:
+        sys.stderr.write(f"mllm4d sft: error: {err}\n")
+        return 2
     line = (f"sft: {summary['steps']} steps on {summary['train_records']} records "
             f"({len(summary['skipped_records'])} skipped) in {summary['train_seconds']:.0f} s, "
             f"final loss {summary['train_loss']:.4f}, adapter -> {summary['adapter']}")
