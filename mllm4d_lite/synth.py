@@ -370,11 +370,15 @@ def build_scene(seed: int, num_frames: int, width: int, height: int, fps: float,
     fx = (width / 2.0) / math.tan(math.radians(opts.hfov_deg) / 2.0)
     K = np.array([[fx, 0.0, width / 2.0], [0.0, fx, height / 2.0], [0.0, 0.0, 1.0]])
     cam_h = opts.camera_height_m if opts.camera_height_m is not None else float(rng.uniform(0.9, 1.3))
-    cam_motion = opts.camera_motion or str(rng.choice(list(CAMERA_MOTIONS)))
+    # a static camera is common in real footage: 20 %, the moving kinds share the rest
+    names = list(CAMERA_MOTIONS)
+    probs = np.array([0.2 if n == "static" else 0.8 / (len(names) - 1) for n in names])
+    cam_motion = opts.camera_motion or str(rng.choice(names, p=probs))
     poses, yaws = _camera_trajectory(rng, cam_motion, num_frames, fps)
 
     n_obj = opts.num_objects or int(rng.integers(1, len(SHAPES) + 1))
-    n_moving = opts.num_moving if opts.num_moving is not None else int(rng.integers(0, n_obj + 1))
+    # each object moves with probability 0.6: clips hold 0..n movers (varied counting answers)
+    n_moving = opts.num_moving if opts.num_moving is not None else int(rng.binomial(n_obj, 0.6))
     n_moving = min(n_moving, n_obj)
     shapes = list(rng.permutation(SHAPES)[:n_obj])
     colors = list(rng.permutation(list(COLORS))[:n_obj])
@@ -407,7 +411,7 @@ def build_scene(seed: int, num_frames: int, width: int, height: int, fps: float,
             track = (cand, cyaw, cname, base)
             break
         if track is None:  # crowded: fall back to a static object somewhere free, or drop it
-            log.debug("seed %d: could not place a moving %s; trying static", seed, shape)
+            log.info("seed %d: could not place a moving %s in view; placing it static", seed, shape)
             if motion != "static":
                 motion = "static"
                 for _attempt in range(300):
@@ -609,9 +613,9 @@ def render_view(scene: Scene, frame: int, view: str = "left",
     ground_shade = np.float32(0.35 + 0.65 * max(0.0, -float(L[1])))
     rgb = np.where(on_ground[..., None], ground * ground_shade, backdrop * np.float32(0.9))
     ids = np.zeros((H, W), np.uint16)
-
     K = scene.K
     Rinv = pose[:3, :3].T
+    _soft_shadows(scene, frame, rgb, on_ground, gx, gz, pose)
     for obj in scene.objects:
         length, h, width = obj.dims_m
         bw = obj.base_world[frame]
@@ -666,6 +670,43 @@ def render_view(scene: Scene, frame: int, view: str = "left",
         ids_sl = ids[sl]
         ids_sl[closer] = obj.id
     return rgb, depth, ids
+
+
+def _ground_rect(K: np.ndarray, pose: np.ndarray, ground_y: float, cx: float, cz: float,
+                 half: float, W: int, H: int) -> tuple[int, int, int, int]:
+    """Pixel rect (u0, u1, v0, v1) covering a ground square of half-size ``half`` at (cx, cz)."""
+    corners = np.array([[cx + sx * half, ground_y, cz + sz * half] for sx in (-1, 1) for sz in (-1, 1)])
+    pc = (corners - pose[:3, 3]) @ pose[:3, :3]
+    if np.any(pc[:, 2] < 0.1):
+        return 0, W, 0, H
+    us = K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2]
+    vs = K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2]
+    return (max(0, int(us.min()) - 1), min(W, int(us.max()) + 2),
+            max(0, int(vs.min()) - 1), min(H, int(vs.max()) + 2))
+
+
+def _soft_shadows(scene: Scene, frame: int, rgb: np.ndarray, on_ground: np.ndarray,
+                  gx: np.ndarray, gz: np.ndarray, pose: np.ndarray) -> None:
+    """Darken the ground under each object: a soft disc shifted away from the light (in place).
+
+    The shadow lies on the ground texture, so both views see it at the same 3D place.
+    """
+    L = scene.light_dir
+    for obj in scene.objects:
+        length, h, width = obj.dims_m
+        bw = obj.base_world[frame]
+        # where the light ray through the object's mid-height point meets the ground
+        off = 0.5 * h / -L[1]
+        sx, sz = bw[0] - L[0] * off, bw[2] - L[2] * off
+        radius = 0.5 * math.hypot(length, width) * 0.85
+        soft = 0.25 * radius + 0.1
+        u0, u1, v0, v1 = _ground_rect(scene.K, pose, scene.ground_y_m, sx, sz, radius + soft, scene.width, scene.height)
+        if u0 >= u1 or v0 >= v1:
+            continue
+        sl = (slice(v0, v1), slice(u0, u1))
+        dist = np.sqrt((gx[sl] - np.float32(sx)) ** 2 + (gz[sl] - np.float32(sz)) ** 2)
+        dark = np.clip((radius + soft - dist) / (2 * soft), 0, 1) * on_ground[sl]
+        rgb[sl] *= (1.0 - np.float32(0.45) * dark)[..., None]
 
 
 def _finish(rgb: np.ndarray, rng: np.random.Generator, blur_sigma: float, noise_std: float,

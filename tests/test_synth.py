@@ -255,6 +255,8 @@ def test_determinism(tmp_path):
     la, lb = load_clip(pa), load_clip(pb)
     assert np.array_equal(la.left, lb.left) and np.array_equal(la.right, lb.right)
     assert (pa / "gt.json").read_bytes() == (pb / "gt.json").read_bytes()
+    for name in ("left.mp4", "right.mp4", "masks.npz", "gt_depth.npz"):  # byte-identical files
+        assert (pa / name).read_bytes() == (pb / name).read_bytes(), name
 
 
 def test_bad_generate_arguments():
@@ -283,7 +285,7 @@ def test_cli_writes_loadable_clips_and_plot(tmp_path, capsys):
         assert clip.num_frames == 4 and clip.width == 96 and clip.gt_depth_m.dtype == np.float32
         ref = generate_clip(clip.meta["seed"], 4, 96, 64)  # the recorded seed reproduces it
         assert json.dumps(ref.gt) == (d / "gt.json").read_text()
-        assert np.abs(clip.gt_depth_m - ref.gt_depth_m).max() <= 0.0005 + 1e-6
+        assert np.abs(clip.gt_depth_m - ref.gt_depth_m).max() <= 0.00051
         assert np.array_equal(clip.masks, ref.masks)
 
 
@@ -325,3 +327,46 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         synth.save_clip(clip, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+TINY = Path(__file__).resolve().parent.parent / "tiny_data"
+
+
+def test_tiny_data_is_complete_and_reproducible():
+    clips = sorted(p for p in TINY.glob("synth_s*") if p.is_dir())
+    assert len(clips) >= 24
+    total = sum(p.stat().st_size for p in TINY.rglob("*") if p.is_file())
+    assert total < 20e6, f"tiny_data is {total / 1e6:.1f} MB"
+    readme = (TINY / "README.md").read_text()
+    assert "mllm4d synth --out tiny_data --num-clips 32 --seed 0 --frames 16 --size 320x240 --fps 8" in readme
+    assert "CC0" in readme
+    for p in clips:
+        assert p.name in readme
+        clip = load_clip(p, load_depth=False)
+        assert clip.source == "synthetic" and clip.num_frames >= 16 and (clip.width, clip.height) == (320, 240)
+    # the recorded seed and options rebuild the stored ground truth exactly
+    p = clips[3]
+    meta = json.loads((p / "clip.json").read_text())
+    g = meta["generator"]
+    ref = generate_clip(meta["seed"], g["num_frames"], g["width"], g["height"], g["fps"], baseline_m=g["baseline_m"],
+                        hfov_deg=g["hfov_deg"], noise_std=g["noise_std"], blur_sigma=g["blur_sigma"])
+    assert json.dumps(ref.gt) == (p / "gt.json").read_text()
+    stored = load_clip(p)
+    assert np.abs(stored.gt_depth_m - ref.gt_depth_m).max() <= 0.00051
+    assert np.abs(stored.left.astype(int) - ref.left).mean() < 4  # H.264 crf 20
+
+
+def test_tiny_data_video_readable_by_decord_pyav_opencv():
+    import av
+    import decord
+
+    path = TINY / "synth_s00000" / "left.mp4"
+    assert len(decord.VideoReader(str(path))) == 16
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 16
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 16
