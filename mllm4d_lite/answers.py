@@ -125,8 +125,9 @@ def _option_in_text(text: str, choices: Mapping[str, Any] | None, *, whole: bool
 
     Word forms are folded first (``_WORD_CANON``). When several options occur, those whose
     words lie inside another matched option's words are dropped ("left" inside "left and
-    away from the camera"), as are mentions right after a negation ("not left"); of the
-    rest, the one mentioned last wins ("moving towards the right": "right", not "towards").
+    away from the camera"), as are mentions right after a negation ("not left"); two options
+    joined by "or"/"and" ("left or right") name none; otherwise the one mentioned last wins
+    ("moving towards the right": "right", not "towards").
     """
     if not choices:
         return None
@@ -152,6 +153,9 @@ def _option_in_text(text: str, choices: Mapping[str, Any] | None, *, whole: bool
         return None
     if len({tuple(options[k]) for k in keep}) == 1:
         return sorted(keep)[0]
+    ordered = sorted(keep.values())
+    if any(words[b:c] in (["or"], ["either"], ["and"]) for (_, b), (c, _) in zip(ordered, ordered[1:])):
+        return None  # "left or right": undecided
     return max(keep, key=lambda k: (keep[k][1], keep[k][1] - keep[k][0]))
 
 
@@ -160,8 +164,10 @@ def _option_in_text(text: str, choices: Mapping[str, Any] | None, *, whole: bool
 _JOINED_LETTER = re.compile(r"\s*(?:,|/|&|\bor\b|\band\b|\bnor\b)\s*[\(\[]?([A-Za-z])(?![A-Za-z0-9])")
 
 
-def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None) -> str | None:
-    """Read a chosen option from the start of ``span`` (the text after "answer is:" etc.).
+def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None,
+                     reply_start: bool = False) -> str | None:
+    """Read a chosen option from the start of ``span`` (the text after "answer is:" etc.;
+    the whole reply when ``reply_start``).
 
     Returns a letter, ``""`` when the span is clearly ambiguous ("A or B"), or None when it
     names no option.
@@ -177,14 +183,15 @@ def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, 
         rest = s[m.end():]
         lone = ")" in m.group(0) or "]" in m.group(0) or not rest.strip() or re.match(r"\s*[.:,;)!\]'\"]", rest)
         if letter in letters and (m.group(1).isupper() or lone):
-            # "A car" where an option reads "A car": the text decides
-            if choices and m.group(1) == "A" and rest[:1] == " " and not lone:
-                by_text = _option_in_text(s, choices, whole=True)
-                if by_text:
-                    return by_text
             other = _JOINED_LETTER.match(rest)
             if other and other.group(1).upper() in letters and other.group(1).upper() != letter:
                 return ""
+            if m.group(1) == "A" and re.match(r" [a-z]", rest) and not lone:
+                # "A car" where an option reads "A car": the text decides; at the start of
+                # a reply, "A car is moving …" is an article, not a choice
+                by_text = _option_in_text(s, choices, whole=True)
+                if by_text or reply_start:
+                    return by_text
             return letter
     # the option's text instead of a letter
     first_sentence = re.split(r"(?<=[.!?])\s", s)[0]
@@ -350,7 +357,7 @@ def explain_choice(response: str | None, choices: Mapping[str, Any] | None = Non
         return done(got, "declared")
 
     # 3. the reply is an option: "C", "(C)", "C.", "C: left", "C) left"
-    got = _letter_at_start(text, letters, choices)
+    got = _letter_at_start(text, letters, choices, reply_start=True)
     if got is not None:
         return done(got, "option-reply")
 
