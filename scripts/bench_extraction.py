@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-from mllm4d_lite.answers import explain_choice, score_response
+from mllm4d_lite.answers import answer_letters, entry_answer, explain_choice
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vlm4d"
 
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             ours, rule = explain_choice(e["response"], e["choices"])
             judge = judge_letter(e["extracted_answer"])
             regex_agree += usual_regex_letter(e["response"]) == judge
-            score, _ = score_response(e, e["response"])
+            # the score `mllm4d eval score` gives (answers.score_response), without extracting twice
+            score = float(ours in answer_letters(entry_answer(e), e["choices"]))
             n += 1
             ok += score
             judged += bool(e["correct"])
