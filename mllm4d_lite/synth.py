@@ -97,6 +97,8 @@ class SceneOptions:
     noise_std: float = 2.0           # sensor noise, grey levels (0-255), Gaussian, per channel
     blur_sigma: float = 0.7          # optical blur, pixels (Gaussian sigma); 0 = off
     gain_jitter: float = 0.02        # right/left exposure mismatch, relative (uniform +-)
+    vignette: float = 0.25           # lens fall-off: brightness 1 - vignette in the image corners
+    specular: float = 60.0           # Blinn-Phong highlight on objects (grey levels); 0 = matte
     backdrop_radius_m: float = 20.0  # radius of the cylindrical backdrop around the world origin
     clip_id: str | None = None       # default synth_s<seed:05d>
 
@@ -111,8 +113,10 @@ class SceneOptions:
             raise ValueError(f"num_moving must be >= 0, got {self.num_moving}")
         if self.camera_motion is not None and self.camera_motion not in CAMERA_MOTIONS:
             raise ValueError(f"camera_motion {self.camera_motion!r} unknown; choose from {list(CAMERA_MOTIONS)}")
-        if self.noise_std < 0 or self.blur_sigma < 0 or self.gain_jitter < 0:
-            raise ValueError("noise_std, blur_sigma and gain_jitter must be >= 0")
+        if min(self.noise_std, self.blur_sigma, self.gain_jitter, self.specular) < 0:
+            raise ValueError("noise_std, blur_sigma, gain_jitter and specular must be >= 0")
+        if not (0 <= self.vignette < 1):
+            raise ValueError(f"vignette must be in [0, 1), got {self.vignette}")
         if self.camera_height_m is not None and not (0.2 <= self.camera_height_m <= 5.0):
             raise ValueError(f"camera_height_m must be in [0.2, 5], got {self.camera_height_m}")
 
@@ -241,7 +245,7 @@ def _blur_wrap(tex: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _backdrop_texture(rng: np.random.Generator, width: int = 1024, height: int = 256) -> np.ndarray:
-    """Backdrop: blocks of different shades ("buildings", "hedges") with windows + noise."""
+    """Backdrop: blocks of different shades ("buildings") with windows or plain, + noise."""
     tex = np.zeros((height, width, 3), np.float32)
     x = 0
     while x < width:
@@ -252,8 +256,10 @@ def _backdrop_texture(rng: np.random.Generator, width: int = 1024, height: int =
         sky = np.asarray([150, 175, 205], np.float32) + rng.uniform(-15, 15, 3).astype(np.float32)
         tex[:top, x:x + w] = sky
         tex[top:, x:x + w] = colour
-        # windows / panels
-        for wy in range(top + 6, height - 8, 14):
+        # windows / panels on most blocks; about a third are plain walls, weakly textured
+        # surfaces where stereo matching is ambiguous, as on real facades
+        plain = rng.uniform() < 0.35
+        for wy in range(top + 6, height - 8, 14) if not plain else ():
             for wx in range(x + 4, min(x + w, width) - 6, 12):
                 if rng.uniform() < 0.7:
                     tex[wy:wy + 7, wx:wx + 6] = colour * rng.uniform(0.45, 0.8)
@@ -560,8 +566,9 @@ def _hit_cone(o, dx, dy, dz, r, h):
 
 
 def render_view(scene: Scene, frame: int, view: str = "left",
-                rays: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render one view of one frame, noise-free.
+                rays: tuple[np.ndarray, np.ndarray] | None = None,
+                specular: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one view of one frame, noise-free (``specular``: highlight strength, grey levels).
 
     Returns rgb (H, W, 3) float32 in [0, 255] (before blur/noise), depth_m (H, W) float32
     (camera z-depth), ids (H, W) uint16 (0 = ground/backdrop, else object id).
@@ -588,30 +595,48 @@ def render_view(scene: Scene, frame: int, view: str = "left",
     on_ground = t_gr < t_bg
     depth = np.minimum(t_gr, t_bg).astype(np.float32)
 
-    # ground texture with a 3-level mip choice by footprint (metres per pixel ~ depth^2/(f*h))
+    # Texture look-ups run only on the rows where ground / backdrop are seen (for a level
+    # camera: the lower / upper half), which halves the cost of the remaps.
+    L = scene.light_dir.astype(np.float32)
+    rgb = np.empty((H, W, 3), np.float32)
     gx = o[0] + depth * dx
     gz = o[2] + depth * dz
-    Tg = scene.ground_tex[0].shape[0]
-    mx = np.mod(gx / np.float32(scene.ground_texel_m), Tg).astype(np.float32)
-    my = np.mod(gz / np.float32(scene.ground_texel_m), Tg).astype(np.float32)
-    footprint = depth * depth / np.float32(scene.K[1, 1] * (scene.ground_y_m - float(o[1])) * scene.ground_texel_m)
-    ground = cv2.remap(scene.ground_tex[0], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
-    lvl1 = footprint > 2.0
-    if lvl1.any():
-        g1 = cv2.remap(scene.ground_tex[1], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
-        g2 = cv2.remap(scene.ground_tex[2], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
-        ground = np.where(lvl1[..., None], np.where((footprint > 6.0)[..., None], g2, g1), ground)
-    # backdrop texture: angle around the cylinder x height
-    by = o[1] + t_bg * dy
-    ang = np.arctan2(o[2] + t_bg * dz, o[0] + t_bg * dx)
-    Hb, Wb = scene.backdrop_tex.shape[:2]
-    bx_map = np.mod(ang * (Rb / np.float32(scene.backdrop_texel_m)), Wb).astype(np.float32)
-    by_map = ((by + np.float32(scene.ground_y_m)) / np.float32(scene.backdrop_texel_m)
-              + np.float32(Hb) - np.float32(scene.ground_y_m * 2 / scene.backdrop_texel_m)).astype(np.float32)
-    backdrop = cv2.remap(scene.backdrop_tex, bx_map, by_map, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    L = scene.light_dir.astype(np.float32)
-    ground_shade = np.float32(0.35 + 0.65 * max(0.0, -float(L[1])))
-    rgb = np.where(on_ground[..., None], ground * ground_shade, backdrop * np.float32(0.9))
+    rows = np.flatnonzero(on_ground.any(axis=1))
+    if rows.size:
+        g0, g1 = int(rows[0]), int(rows[-1]) + 1
+        # ground texture with a 3-level mip choice by footprint (texels per pixel ~ depth^2/(f*h))
+        Tg = scene.ground_tex[0].shape[0]
+        mx = np.mod(gx[g0:g1] / np.float32(scene.ground_texel_m), Tg).astype(np.float32)
+        my = np.mod(gz[g0:g1] / np.float32(scene.ground_texel_m), Tg).astype(np.float32)
+        cam_h = np.float32(scene.ground_y_m - float(o[1]))
+        dg = depth[g0:g1]
+        level = ((dg * dg / (np.float32(scene.K[1, 1] * scene.ground_texel_m) * cam_h) > 2.0).astype(np.int8)
+                 + (dg * dg / (np.float32(scene.K[1, 1] * scene.ground_texel_m) * cam_h) > 6.0))
+        ground = np.empty((g1 - g0, W, 3), np.float32)
+        for k in range(3):
+            band = np.flatnonzero((level == k).any(axis=1))
+            if band.size:
+                a0, a1 = int(band[0]), int(band[-1]) + 1
+                tex = cv2.remap(scene.ground_tex[k], mx[a0:a1], my[a0:a1], cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_WRAP)
+                sel = level[a0:a1] == k
+                ground[a0:a1][sel] = tex[sel]
+        ground *= np.float32(0.35 + 0.65 * max(0.0, -float(L[1])))
+        rgb[g0:g1] = ground
+    rows = np.flatnonzero((~on_ground).any(axis=1))
+    if rows.size:
+        b0, b1 = int(rows[0]), int(rows[-1]) + 1
+        # backdrop texture: arc length around the cylinder x height above the ground
+        tb = t_bg[b0:b1]
+        ang = np.arctan2(o[2] + tb * dz[b0:b1], o[0] + tb * dx[b0:b1])
+        Hb, Wb = scene.backdrop_tex.shape[:2]
+        bx_map = np.mod(ang * (Rb / np.float32(scene.backdrop_texel_m)), Wb).astype(np.float32)
+        height_m = np.float32(scene.ground_y_m) - (o[1] + tb * dy[b0:b1])
+        by_map = (np.float32(Hb) - height_m / np.float32(scene.backdrop_texel_m)).astype(np.float32)
+        backdrop = cv2.remap(scene.backdrop_tex, bx_map, by_map, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        backdrop *= np.float32(0.9)
+        sel = ~on_ground[b0:b1]
+        rgb[b0:b1][sel] = backdrop[sel]
     ids = np.zeros((H, W), np.uint16)
     K = scene.K
     Rinv = pose[:3, :3].T
@@ -664,6 +689,15 @@ def render_view(scene: Scene, frame: int, view: str = "left",
         iu = (np.floor(st[0][closer] / obj.texel_m).astype(np.int64)) % T
         iv = (np.floor(st[1][closer] / obj.texel_m).astype(np.int64)) % T
         colour = obj.texture[iv, iu] * shade[:, None]
+        if specular > 0:
+            # Blinn-Phong highlight: view-dependent, so the two views differ a little (as real
+            # surfaces do); half vector between the light and the direction to the camera
+            vx, vy, vz = -rdx[closer], -rdy[closer], -rdz[closer]
+            vn = np.sqrt(vx * vx + vy * vy + vz * vz)
+            hx, hy, hz = L[0] + vx / vn, L[1] + vy / vn, L[2] + vz / vn
+            hn = np.sqrt(hx * hx + hy * hy + hz * hz) + np.float32(1e-6)
+            ndoth = np.maximum((nx * hx + n1 * hy + nz * hz) / hn, 0)
+            colour += (np.float32(specular) * ndoth ** 40)[:, None]
         rgb_sl = rgb[sl]
         rgb_sl[closer] = colour
         depth[sl] = np.where(closer, t, depth[sl])
@@ -709,12 +743,22 @@ def _soft_shadows(scene: Scene, frame: int, rgb: np.ndarray, on_ground: np.ndarr
         rgb[sl] *= (1.0 - np.float32(0.45) * dark)[..., None]
 
 
+def _vignette(width: int, height: int, strength: float) -> np.ndarray:
+    """(H, W, 1) float32 lens fall-off: 1 at the centre, 1 - strength in the corners."""
+    u = (np.arange(width, dtype=np.float32) - (width - 1) / 2) / (width / 2)
+    v = (np.arange(height, dtype=np.float32) - (height - 1) / 2) / (width / 2)
+    r2 = u[None, :] ** 2 + v[:, None] ** 2
+    return (1.0 - np.float32(strength) * r2 / r2.max())[..., None].astype(np.float32)
+
+
 def _finish(rgb: np.ndarray, rng: np.random.Generator, blur_sigma: float, noise_std: float,
-            gain: float = 1.0) -> np.ndarray:
-    """Optics and sensor: blur, exposure gain, Gaussian noise, quantise to uint8."""
+            gain: float = 1.0, vignette: np.ndarray | None = None) -> np.ndarray:
+    """Optics and sensor: blur, vignetting x exposure gain, Gaussian noise, quantise to uint8."""
     if blur_sigma > 0:
         rgb = cv2.GaussianBlur(rgb, (0, 0), blur_sigma)
-    if gain != 1.0:
+    if vignette is not None:
+        rgb = rgb * (vignette * np.float32(gain))
+    elif gain != 1.0:
         rgb = rgb * np.float32(gain)
     if noise_std > 0:
         rgb = rgb + rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(noise_std)
@@ -737,11 +781,12 @@ def render_scene(scene: Scene, opts: SceneOptions, seed: int,
         from tqdm import tqdm
 
         frames = tqdm(frames, desc="render", leave=False)
+    vignette = _vignette(W, H, opts.vignette) if opts.vignette > 0 else None
     for i in frames:
-        rgb_l, depth[i], ids[i] = render_view(scene, i, "left", rays)
-        rgb_r, _, _ = render_view(scene, i, "right", rays)
-        left[i] = _finish(rgb_l, noise_rng, opts.blur_sigma, opts.noise_std)
-        right[i] = _finish(rgb_r, noise_rng, opts.blur_sigma, opts.noise_std, gain_r)
+        rgb_l, depth[i], ids[i] = render_view(scene, i, "left", rays, opts.specular)
+        rgb_r, _, _ = render_view(scene, i, "right", rays, opts.specular)
+        left[i] = _finish(rgb_l, noise_rng, opts.blur_sigma, opts.noise_std, 1.0, vignette)
+        right[i] = _finish(rgb_r, noise_rng, opts.blur_sigma, opts.noise_std, gain_r, vignette)
     return left, right, depth, ids
 
 
