@@ -21,6 +21,14 @@ Ray parameters are camera z-depths: a pixel (u, v) has the camera-frame ray
 ``((u - cx) / fx, (v - cy) / fy, 1)`` (pixel centres at integer coordinates), so the hit
 distance ``t`` along it equals the z-depth stored in ``gt_depth_m``.
 
+gt.json holds design.md's fields (``camera_to_world`` N x 4x4, ``objects`` with ``id``,
+``label``, ``centers_world`` = the solid's true centroid every frame) plus: ``camera_yaw_rad``
+(N), ``camera_motion`` (a CAMERA_MOTIONS key), ``ground_y_m``, and per object ``shape``,
+``color``, ``size_m`` (largest extent), ``dims_m`` ([length along heading, height, width]),
+``yaw_rad`` (N), ``visible`` (N bools: >= 20 unoccluded pixels in the left view) and ``motion``
+(static, translate_<direction>, turn_left/right, arc_left/right). clip.json adds ``seed``,
+``generator`` (every option) and ``license``.
+
 Example::
 
     clip = generate_clip(seed=3, num_frames=16)          # in memory, with masks/gt/depth
@@ -930,6 +938,9 @@ class SynthConfig:
     hfov_deg: float = field(default=70.0, metadata={"help": "horizontal field of view (degrees)"})
     noise_std: float = field(default=2.0, metadata={"help": "sensor noise std (grey levels); 0 = off"})
     blur_sigma: float = field(default=0.7, metadata={"help": "optical blur sigma (pixels); 0 = off"})
+    gain_jitter: float = field(default=0.02, metadata={"help": "right/left exposure mismatch (relative, +-)"})
+    vignette: float = field(default=0.25, metadata={"help": "lens fall-off: corners this much darker; 0 = off"})
+    specular: float = field(default=60.0, metadata={"help": "highlight strength on objects (grey levels); 0 = matte"})
     crf: int = field(default=20, metadata={"help": "H.264 quality (0 = lossless, 18 visually lossless)"})
     plot: bool = field(default=False, metadata={"help": "also write <clip>/trajectory.png (top-down view)"})
 
@@ -950,8 +961,10 @@ class SynthConfig:
             raise ConfigError(f"`fps` must be > 0, got {self.fps}")
         if not (0 <= self.crf <= 51):
             raise ConfigError(f"`crf` must be in 0..51, got {self.crf}")
-        if self.noise_std < 0 or self.blur_sigma < 0:
-            raise ConfigError("`noise_std` and `blur_sigma` must be >= 0")
+        if min(self.noise_std, self.blur_sigma, self.gain_jitter, self.specular) < 0:
+            raise ConfigError("`noise_std`, `blur_sigma`, `gain_jitter` and `specular` must be >= 0")
+        if not (0 <= self.vignette < 1):
+            raise ConfigError(f"`vignette` must be in [0, 1), got {self.vignette}")
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -992,7 +1005,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in tqdm(range(cfg.num_clips), desc="synth clips"):
         seed = cfg.seed + i
         clip = generate_clip(seed, cfg.frames, width, height, cfg.fps, baseline_m=cfg.baseline_m,
-                             hfov_deg=cfg.hfov_deg, noise_std=cfg.noise_std, blur_sigma=cfg.blur_sigma)
+                             hfov_deg=cfg.hfov_deg, noise_std=cfg.noise_std, blur_sigma=cfg.blur_sigma,
+                             gain_jitter=cfg.gain_jitter, vignette=cfg.vignette, specular=cfg.specular)
         clip.meta["command"] = "mllm4d synth " + " ".join(argv if argv is not None else sys.argv[1:])
         path = save_clip(clip, out, crf=cfg.crf)
         if cfg.plot:

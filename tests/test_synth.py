@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -306,6 +307,15 @@ def test_cli_bad_arguments(tmp_path, capsys, args, message):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        synth.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--out", "--num-clips", "--seed", "--frames", "--size", "--fps", "--baseline-m", "--plot"):
+        assert flag in out
+
+
 def test_cli_unwritable_output(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -351,8 +361,9 @@ def test_tiny_data_is_complete_and_reproducible():
     p = clips[3]
     meta = json.loads((p / "clip.json").read_text())
     g = meta["generator"]
-    ref = generate_clip(meta["seed"], g["num_frames"], g["width"], g["height"], g["fps"], baseline_m=g["baseline_m"],
-                        hfov_deg=g["hfov_deg"], noise_std=g["noise_std"], blur_sigma=g["blur_sigma"])
+    option_names = {f.name for f in dataclasses.fields(SceneOptions)}
+    ref = generate_clip(meta["seed"], g["num_frames"], g["width"], g["height"], g["fps"],
+                        **{k: v for k, v in g.items() if k in option_names})
     assert json.dumps(ref.gt) == (p / "gt.json").read_text()
     stored = load_clip(p)
     assert np.abs(stored.gt_depth_m - ref.gt_depth_m).max() <= 0.00051
