@@ -241,7 +241,8 @@ def load_clip(clip_dir: str | Path, load_depth: bool = True) -> Clip:
         try:
             frames, _, _ = read_video(vpath, expected_frames=num_frames)
         except VideoError as err:
-            raise ClipError(f"{err} [clip.json says num_frames={num_frames}]") from None
+            fix = "" if "expected" in str(err) else "; re-export the video or regenerate the clip"
+            raise ClipError(f"{err}{fix} (clip.json: num_frames={num_frames})") from None
         if frames.shape[1:3] != (height, width):
             raise ClipError(f"{vpath}: frames are {frames.shape[2]}x{frames.shape[1]}, clip.json says "
                             f"{width}x{height}; re-export the video or fix clip.json")
