@@ -102,6 +102,9 @@ class Clip:
             raise ClipError(f"{name}: K must be 3x3 with positive focal lengths, got {self.K.tolist()}")
         if self.masks is not None and self.masks.shape != self.left.shape[:3]:
             raise ClipError(f"{name}: masks shape {self.masks.shape} does not match frames {self.left.shape[:3]}")
+        if self.gt_depth_m is not None and np.shape(self.gt_depth_m) != self.left.shape[:3]:
+            raise ClipError(f"{name}: gt_depth_m shape {np.shape(self.gt_depth_m)} does not match frames "
+                            f"{self.left.shape[:3]}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -145,6 +148,8 @@ def save_clip(clip: Clip, out_dir: str | Path, crf: int = 18) -> Path:
     from mllm4d_lite.video import write_video
 
     clip.check()
+    if not clip.clip_id or clip.clip_id in (".", "..") or any(c in clip.clip_id for c in "/\\"):
+        raise ClipError(f"clip_id {clip.clip_id!r} cannot be a folder name; use letters, digits, '_' or '-'")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -164,6 +164,16 @@ def test_unwritable_output(clip, tmp_path):
         save_clip(clip, blocker / "out")
 
 
+def test_bad_clip_id_and_depth_shape(clip, tmp_path):
+    import dataclasses
+
+    with pytest.raises(ClipError, match="cannot be a folder name"):
+        save_clip(dataclasses.replace(clip, clip_id="../escape"), tmp_path)
+    with pytest.raises(ClipError, match="gt_depth_m shape"):
+        save_clip(dataclasses.replace(clip, gt_depth_m=clip.gt_depth_m[:2]), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_copy_of_saved_clip_loads(saved, tmp_path):
     """A clip folder is self-contained: moving it elsewhere keeps it loadable."""
     moved = tmp_path / "elsewhere" / "x"
