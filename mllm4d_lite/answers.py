@@ -343,13 +343,17 @@ def explain_choice(response: str | None, choices: Mapping[str, Any] | None = Non
         return (got, rule) if got else (None, f"{rule}:ambiguous-or-unreadable")
 
     # 1. <answer> ... </answer> (the last one; an unclosed tag reads to the end)
-    tags = re.findall(r"<answer>(.*?)(?:</answer>|$)", text, flags=re.S | re.I)
-    for inner in reversed(tags):
+    tags = [t for t in re.findall(r"<answer>(.*?)(?:</answer>|$)", text, flags=re.S | re.I)
+            if re.search(r"[A-Za-z0-9]", t)]
+    if tags:
+        inner = tags[-1]
         got = _letter_at_start(inner, letters, choices)
         if got is None:
             got = _declared(inner, letters, choices)
-        if got is not None:
-            return done(got, "answer-tag")
+        if got is None and choices:  # "<answer>The box moves left.</answer>"
+            got = _option_in_text(inner, choices, whole=False) or _closest_option(inner, choices)
+        # an answer block naming no option is no answer (the thinking above it is not read)
+        return done(got or "", "answer-tag")
 
     # 2. a declared answer
     got = _declared(text, letters, choices)

@@ -38,6 +38,9 @@ CASES = [
     ("<answer> B: left </answer>", LR, "B"),
     ("<answer>left</answer>", LR, "B"),
     ("<answer>C</answer> <answer>A</answer>", None, "A"),  # the last tag counts
+    ("<thinking>x</thinking><answer>The box moves left.</answer>", LR, "B"),
+    ("<thinking>A looks likely</thinking><answer>unknown</answer>", LR, None),  # thinking not read
+    ("<thinking>A looks likely</thinking><answer>", None, None),  # unclosed, empty tag: read on
     # declared answers
     ("Therefore, the final answer is: D", None, "D"),
     ("Therefore, the final answer is: $\\boxed{D}$", None, "D"),
