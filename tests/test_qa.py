@@ -186,6 +186,24 @@ def test_numeric_questions():
     assert questions(make_ann(cam_end=(0.1, 0, 0)), category="camera_distance") == []
 
 
+def test_smooth_track():
+    t = np.arange(16, dtype=float)
+    truth = np.stack([0.1 * t, 0.5 + 0 * t, 4 - 0.01 * t ** 2], 1)  # constant acceleration: kept exactly
+    np.testing.assert_allclose(qa.smooth_track(truth, 2, 0.1), truth, atol=1e-9)
+    noisy = truth + np.random.default_rng(0).normal(0, 0.03, truth.shape)
+    noisy[0] += [0.5, 0, 0]  # one bad first frame (object half out of view)
+    noisy[5] = np.nan
+    fit = qa.smooth_track(noisy, 2, 0.1)
+    assert np.isnan(fit[5]).all()
+    assert np.linalg.norm(fit[0] - truth[0]) < 0.06 and np.abs(fit[[1, 2, 3, 15]] - truth[[1, 2, 3, 15]]).max() < 0.06
+    np.testing.assert_array_equal(qa.smooth_track(noisy, 0, 0.1), noisy)  # degree 0: raw
+    # a direction question is not decided by that single bad frame
+    ann = make_ann(objects=[{"label": "red cube", "start": [0, 0.5, 4], "end": [0, 0.5, 4]}])
+    ann["objects"][0]["centers"][0] = [0.6, 0.5, 4.0]
+    assert one(ann, "object_direction", "red cube").answer == "not moving"
+    assert one(ann, "object_direction", "red cube", QAConfig(qa_smooth_degree=0)).answer == "left"
+
+
 # ---------------------------------------------------------------- threshold margins
 
 
@@ -405,7 +423,7 @@ def test_agreement_and_cli_scorecard(tmp_path, capsys):
     assert qa.main(["--annotations", str(ann_dir), "--clips", str(clips), "--out", str(tmp_path / "o"),
                     "--score", "--qa-seed", "5"]) == 0
     line = capsys.readouterr().out
-    assert "qa agreement est vs gt: multiple-choice" in line
+    assert "qa agreement est vs gt: multiple-choice" in line and "median relative error" in line
     assert (tmp_path / "o" / "bench.json").is_file() and (tmp_path / "o" / "qa_config.yaml").is_file()
     assert qa.main(["--use-gt", "--clips", str(clips), "--out", str(tmp_path / "g")]) == 0
     assert json.loads((tmp_path / "g" / "qa_summary.json").read_text())["num_clips"]["bench"] == 3
