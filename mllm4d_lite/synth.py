@@ -618,8 +618,8 @@ def render_view(scene: Scene, frame: int, view: str = "left",
         my = np.mod(gz[g0:g1] / np.float32(scene.ground_texel_m), Tg).astype(np.float32)
         cam_h = np.float32(scene.ground_y_m - float(o[1]))
         dg = depth[g0:g1]
-        level = ((dg * dg / (np.float32(scene.K[1, 1] * scene.ground_texel_m) * cam_h) > 2.0).astype(np.int8)
-                 + (dg * dg / (np.float32(scene.K[1, 1] * scene.ground_texel_m) * cam_h) > 6.0))
+        footprint = dg * dg / (np.float32(scene.K[1, 1] * scene.ground_texel_m) * cam_h)
+        level = (footprint > 2.0).astype(np.int8) + (footprint > 6.0)
         ground = np.empty((g1 - g0, W, 3), np.float32)
         for k in range(3):
             band = np.flatnonzero((level == k).any(axis=1))
@@ -627,10 +627,9 @@ def render_view(scene: Scene, frame: int, view: str = "left",
                 a0, a1 = int(band[0]), int(band[-1]) + 1
                 tex = cv2.remap(scene.ground_tex[k], mx[a0:a1], my[a0:a1], cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_WRAP)
-                sel = level[a0:a1] == k
-                ground[a0:a1][sel] = tex[sel]
+                np.copyto(ground[a0:a1], tex, where=(level[a0:a1] == k)[..., None])
         ground *= np.float32(0.35 + 0.65 * max(0.0, -float(L[1])))
-        rgb[g0:g1] = ground
+        np.copyto(rgb[g0:g1], ground, where=on_ground[g0:g1, :, None])
     rows = np.flatnonzero((~on_ground).any(axis=1))
     if rows.size:
         b0, b1 = int(rows[0]), int(rows[-1]) + 1
@@ -643,8 +642,7 @@ def render_view(scene: Scene, frame: int, view: str = "left",
         by_map = (np.float32(Hb) - height_m / np.float32(scene.backdrop_texel_m)).astype(np.float32)
         backdrop = cv2.remap(scene.backdrop_tex, bx_map, by_map, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         backdrop *= np.float32(0.9)
-        sel = ~on_ground[b0:b1]
-        rgb[b0:b1][sel] = backdrop[sel]
+        np.copyto(rgb[b0:b1], backdrop, where=~on_ground[b0:b1, :, None])
     ids = np.zeros((H, W), np.uint16)
     K = scene.K
     Rinv = pose[:3, :3].T
