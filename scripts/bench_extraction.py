@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"no judged files under {args.data} (expected <split>_mc_<prompt>/<model>.json)", file=sys.stderr)
         return 2
-    total = agree = regex_agree = 0
+    total = agree = regex_agree = judge_inconsistent = 0
     kinds: collections.Counter[str] = collections.Counter()
     examples: dict[str, list] = collections.defaultdict(list)
     per_file = []
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             ours, rule = explain_choice(e["response"], e["choices"])
             judge = judge_letter(e["extracted_answer"])
             regex_agree += usual_regex_letter(e["response"]) == judge
+            judge_inconsistent += (judge in answer_letters(entry_answer(e), e["choices"])) != bool(e["correct"])
             # the score `mllm4d eval score` gives (answers.score_response), without extracting twice
             score = float(ours in answer_letters(entry_answer(e), e["choices"]))
             n += 1
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"          {rec['file']} {rec['id']}: ours={rec['ours']} judge={rec['judge'][:40]!r} "
                   f"reply=...{rec['response'][-120:]!r}")
     print()
+    print(f"the judge's verdict contradicts its own extracted letter on {judge_inconsistent} replies "
+          "(a floor on per-file accuracy differences)")
     print(f"usual regex extractor (answer tag, 'answer: X', lone/trailing letter) agrees on "
           f"{100 * regex_agree / total:.2f} %")
     print(f"replies: {total}, extractor agrees with the judge's option on {agree} = {100 * agree / total:.2f} %"
