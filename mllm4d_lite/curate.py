@@ -93,7 +93,7 @@ def estimate_annotation(clip: Clip, min_depth_m: float = 1.0, stereo_cfg: stereo
     timings["disparity_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     exclude = clip.masks > 0 if clip.masks is not None else None
-    vo = odometry.estimate_trajectory(clip.left, disparity, clip.K, clip.baseline_m, exclude, vo_cfg)
+    vo = odometry.estimate_trajectory(clip.left, disparity, clip.K, clip.baseline_m, exclude, vo_cfg, right=clip.right)
     timings["odometry_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     objects = []

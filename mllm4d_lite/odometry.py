@@ -37,6 +37,7 @@ class OdometryConfig:
     """Settings of :func:`estimate_trajectory` (embedded in the curate config)."""
 
     max_features: int = field(default=300, metadata={"help": "corners tracked at once"})
+    feature_grid: int = field(default=4, metadata={"help": "detect corners in grid x grid cells (spread over the image)"})
     min_feature_distance_px: int = field(default=8, metadata={"help": "minimum spacing of corners (px)"})
     mask_dilate_px: int = field(default=4, metadata={"help": "grow object masks by this much before excluding (px)"})
     min_disparity_px: float = field(default=3.0, metadata={"help": "ignore disparities below this: far points carry little translation signal and their depth errors are large (px)"})
@@ -44,8 +45,10 @@ class OdometryConfig:
     ransac_reproj_px: float = field(default=2.0, metadata={"help": "PnP RANSAC inlier threshold (px)"})
     min_inliers: int = field(default=12, metadata={"help": "fewer PnP inliers = frame pose unreliable"})
     bundle_adjust: bool = field(default=True, metadata={"help": "refine poses and landmarks by stereo BA"})
-    ba_disparity_sigma_px: float = field(default=0.5, metadata={"help": "BA weight: disparity noise (px)"})
-    ba_max_iterations: int = field(default=10, metadata={"help": "BA Levenberg-Marquardt iteration cap"})
+    ba_disparity_sigma_px: float = field(default=0.5, metadata={"help": "BA weight: noise of SGBM disparities (px)"})
+    ba_klt_sigma_px: float = field(default=0.1, metadata={"help": "BA weight: noise of KLT-refined feature disparities (px)"})
+    ba_max_iterations: int = field(default=5, metadata={"help": "BA Levenberg-Marquardt iteration cap"})
+    ba_max_landmarks: int = field(default=150, metadata={"help": "BA uses at most this many landmarks, an even spread (0 = all)"})
     ba_min_track_len: int = field(default=3, metadata={"help": "BA uses landmarks seen in at least this many frames"})
 
 
@@ -120,6 +123,36 @@ def _reliable_disparity(disp: np.ndarray, cfg: OdometryConfig) -> np.ndarray:
     return np.where(smooth, d, np.nan)
 
 
+_LK_STEREO = dict(winSize=(11, 11), maxLevel=0, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.001))
+
+
+def refine_disparity_klt(gray_left: np.ndarray, gray_right: np.ndarray, uv: np.ndarray,
+                         disp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel disparities of feature points by Lucas-Kanade from the left to the right image,
+    started at the SGBM match. SGBM's parabola sub-pixel step is biased towards whole pixels
+    (+0.1 px median on far, textured synthetic background: 2-3% of depth at 3-8 px); KLT on
+    corners removes that (median bias < 0.02 px). Points whose KLT match leaves the scanline
+    (> 0.5 px) or moves > 1 px from SGBM keep the SGBM value. uv (M, 2), disp (M,) px (NaN kept).
+    Returns the disparities and a mask (M,) of the refined ones."""
+    ok = np.isfinite(disp)
+    refined = np.zeros(len(disp), bool)
+    if not ok.any():
+        return disp, refined
+    p0 = uv[ok].astype(np.float32).reshape(-1, 1, 2)
+    init = p0.copy()
+    init[:, 0, 0] -= disp[ok].astype(np.float32)
+    p1, st, _ = cv2.calcOpticalFlowPyrLK(gray_left, gray_right, p0, init, **_LK_STEREO)
+    d_klt = p0[:, 0, 0] - p1[:, 0, 0]
+    good = (st.ravel() == 1) & (np.abs(p1[:, 0, 1] - p0[:, 0, 1]) < 0.5) & (np.abs(d_klt - disp[ok]) < 1.0)
+    out = disp.copy()
+    sub = out[ok]
+    sub[good] = d_klt[good]
+    out[ok] = sub
+    refined[np.flatnonzero(ok)[good]] = True
+    return out, refined
+
+
 # ----------------------------------------------------------------------------- tracking
 class _Tracks:
     """Observation store: per observation the frame, landmark id, pixel and disparity."""
@@ -129,6 +162,7 @@ class _Tracks:
         self.lid: list[np.ndarray] = []
         self.uv: list[np.ndarray] = []
         self.disp: list[np.ndarray] = []
+        self.sigma: list[np.ndarray] = []
         self.world_sum = np.zeros((0, 3))
         self.world_cnt = np.zeros(0)
         self.bad = np.zeros(0, bool)
@@ -140,12 +174,14 @@ class _Tracks:
         self.bad = np.concatenate([self.bad, np.zeros(n, bool)])
         return np.arange(start, start + n)
 
-    def add(self, frame: int, lid: np.ndarray, uv: np.ndarray, disp: np.ndarray, pose: np.ndarray,
-            K: np.ndarray, baseline_m: float) -> None:
+    def add(self, frame: int, lid: np.ndarray, uv: np.ndarray, disp_sigma: tuple[np.ndarray, np.ndarray],
+            pose: np.ndarray, K: np.ndarray, baseline_m: float) -> None:
+        disp, sigma = disp_sigma
         self.frame.append(np.full(len(lid), frame))
         self.lid.append(lid)
         self.uv.append(uv.astype(np.float64))
         self.disp.append(disp)
+        self.sigma.append(sigma)
         ok = np.isfinite(disp)
         if ok.any():
             pts_c = backproject(uv[ok].astype(np.float64), disp[ok], K, baseline_m)
@@ -160,25 +196,43 @@ class _Tracks:
         pts[ok] = self.world_sum[lid[ok]] / cnt[ok, None]
         return pts, ok
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Observations: frame (m,), landmark id (m,), pixel (m, 2), disparity (m,), its sigma (m,)."""
         if not self.frame:
-            return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0)
+            return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0), np.zeros(0)
         return (np.concatenate(self.frame), np.concatenate(self.lid), np.concatenate(self.uv),
-                np.concatenate(self.disp))
+                np.concatenate(self.disp), np.concatenate(self.sigma))
 
 
-def _detect(gray: np.ndarray, allowed: np.ndarray, existing: np.ndarray, n: int, min_dist: int) -> np.ndarray:
+def _detect(gray: np.ndarray, allowed: np.ndarray, existing: np.ndarray, n: int, min_dist: int,
+            grid: int = 1) -> np.ndarray:
+    """Up to ``n`` Shi-Tomasi corners on ``allowed`` pixels, away from ``existing`` points; with
+    ``grid`` > 1 the image is split into grid x grid cells that each get an equal share, so corners
+    do not all sit on the most textured region (often the far background)."""
     if n <= 0:
         return np.zeros((0, 2), np.float32)
     mask = allowed.astype(np.uint8) * 255
     for u, v in np.rint(existing).astype(int):
         cv2.circle(mask, (int(u), int(v)), min_dist, 0, -1)
-    pts = cv2.goodFeaturesToTrack(gray, maxCorners=n, qualityLevel=0.01, minDistance=min_dist,
-                                  mask=mask, blockSize=5)
-    return np.zeros((0, 2), np.float32) if pts is None else pts.reshape(-1, 2).astype(np.float32)
+    h, w = gray.shape
+    found = []
+    cells = [(r, c) for r in range(grid) for c in range(grid)]
+    per_cell = max(1, int(np.ceil(n / len(cells))))
+    for r, c in cells:
+        y0, y1, x0, x1 = r * h // grid, (r + 1) * h // grid, c * w // grid, (c + 1) * w // grid
+        sub = mask[y0:y1, x0:x1]
+        if not sub.any():
+            continue
+        pts = cv2.goodFeaturesToTrack(gray[y0:y1, x0:x1], maxCorners=per_cell, qualityLevel=0.01,
+                                      minDistance=min_dist, mask=np.ascontiguousarray(sub), blockSize=5)
+        if pts is not None:
+            found.append(pts.reshape(-1, 2) + np.array([x0, y0], np.float32))
+    if not found:
+        return np.zeros((0, 2), np.float32)
+    return np.vstack(found).astype(np.float32)[:n]
 
 
-_LK = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+_LK = dict(winSize=(15, 15), maxLevel=2, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
 
 
 def _track(prev: np.ndarray, cur: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +260,7 @@ def _huber_cost(r: np.ndarray, delta: float) -> float:
 
 
 def _ba_terms(rot: np.ndarray, t: np.ndarray, pts: np.ndarray, f: np.ndarray, p: np.ndarray, uv: np.ndarray,
-              disp: np.ndarray, has_d: np.ndarray, K: np.ndarray, fb: float, sigma_d: float,
+              disp: np.ndarray, has_d: np.ndarray, K: np.ndarray, fb: float, sigma_d: np.ndarray,
               jac: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Residuals (m, 3): u, v reprojection (px) and disparity error / sigma_d; Jacobians w.r.t. a
     left rotation increment + translation of the pose (m, 3, 6) and w.r.t. the point (m, 3, 3)."""
@@ -234,11 +288,20 @@ def _ba_terms(rot: np.ndarray, t: np.ndarray, pts: np.ndarray, f: np.ndarray, p:
     return res, j_pose, j_pt
 
 
+def _group_sum(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Sum rows of ``values`` (m, ...) into ``size`` groups by ``index`` (m,) (bincount, no BLAS)."""
+    flat = values.reshape(len(values), -1)
+    k = flat.shape[1]
+    idx = (index[:, None] * k + np.arange(k)[None, :]).ravel()
+    return np.bincount(idx, weights=flat.ravel(), minlength=size * k).reshape((size,) + values.shape[1:])
+
+
 def _ba_solve(rot: np.ndarray, t: np.ndarray, pts: np.ndarray, f: np.ndarray, p: np.ndarray, uv: np.ndarray,
-              disp: np.ndarray, K: np.ndarray, fb: float, sigma_d: float, iters: int,
+              disp: np.ndarray, K: np.ndarray, fb: float, sigma_d: np.ndarray, iters: int,
               delta: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
-    """Levenberg-Marquardt with Huber weights and the Schur complement on the points
-    (dense reduced camera system: 6 (N-1) unknowns). Pose 0 stays fixed."""
+    """Levenberg-Marquardt with Huber weights and the Schur complement on the points; the reduced
+    camera system (6 (N-1) unknowns) is dense and built with einsum rather than a BLAS product
+    (multi-threaded BLAS stalled badly on a shared 2-core machine). Pose 0 is fixed."""
     n, n_pts = len(rot), len(pts)
     has_d = np.isfinite(disp)
     disp = np.nan_to_num(disp)
@@ -247,39 +310,40 @@ def _ba_solve(rot: np.ndarray, t: np.ndarray, pts: np.ndarray, f: np.ndarray, p:
     cost = _huber_cost(res, delta)
     costs, lam = [cost], 1e-3
     nc = 6 * (n - 1)
-    movable = f > 0
+    mov = f > 0
+    eye3 = np.eye(3)
     for _ in range(iters):
         w = _huber_weights(res, delta)[:, :, None]                 # (m, 3, 1)
         jc_w, jp_w = jc * w, jp * w
-        h_cc = np.zeros((n, 6, 6))
-        np.add.at(h_cc, f, np.einsum("mri,mrj->mij", jc_w, jc))
-        h_pp = np.zeros((n_pts, 3, 3))
-        np.add.at(h_pp, p, np.einsum("mri,mrj->mij", jp_w, jp))
-        g_c = np.zeros((n, 6))
-        np.add.at(g_c, f, np.einsum("mri,mr->mi", jc_w, res))
-        g_p = np.zeros((n_pts, 3))
-        np.add.at(g_p, p, np.einsum("mri,mr->mi", jp_w, res))
-        h_cp_obs = np.einsum("mri,mrj->mij", jc_w, jp)              # (m, 6, 3)
-        h_cp = np.zeros((n, 6, n_pts, 3))
-        np.add.at(h_cp, (f, slice(None), p), h_cp_obs)             # one obs per (frame, point)
-        h_cp = h_cp[1:].reshape(nc, 3 * n_pts)
+        h_cc = _group_sum(f, np.einsum("mri,mrj->mij", jc_w, jc), n)
+        h_pp = _group_sum(p, np.einsum("mri,mrj->mij", jp_w, jp), n_pts)
+        g_c = _group_sum(f, np.einsum("mri,mr->mi", jc_w, res), n)
+        g_p = _group_sum(p, np.einsum("mri,mr->mi", jp_w, res), n_pts)
+        h_cp = np.einsum("mri,mrj->mij", jc_w, jp)                 # (m, 6, 3), one obs per (frame, point)
+        h_cp_dense = np.zeros((n - 1, 6, n_pts, 3))
+        h_cp_dense[f[mov] - 1, :, p[mov], :] = h_cp[mov]
+        h_cp_dense = h_cp_dense.reshape(nc, n_pts, 3)
+        cost_new = cost
         while True:
-            h_pp_d = h_pp + lam * (np.einsum("nii->ni", h_pp)[:, :, None] * np.eye(3) + 1e-9 * np.eye(3))
-            h_pp_inv = np.linalg.inv(h_pp_d)                         # (P, 3, 3)
-            h_cc_full = np.zeros((nc, nc))
+            h_pp_inv = np.linalg.inv(h_pp + lam * (np.einsum("nii->ni", h_pp)[:, :, None] * eye3) + 1e-9 * eye3)
+            w_obs = np.einsum("mij,mjk->mik", h_cp, h_pp_inv[p])   # (m, 6, 3)
+            w_dense = np.einsum("cpi,pij->cpj", h_cp_dense, h_pp_inv)
+            schur = -np.einsum("cpi,dpi->cd", w_dense, h_cp_dense)   # einsum: no threaded BLAS
             for k in range(1, n):
-                blk = h_cc[k] + lam * np.diag(np.diag(h_cc[k]) + 1e-9)
-                h_cc_full[6 * (k - 1): 6 * k, 6 * (k - 1): 6 * k] = blk
-            tmp = np.einsum("cpi,pij->cpj", h_cp.reshape(nc, n_pts, 3), h_pp_inv).reshape(nc, 3 * n_pts)
-            schur = h_cc_full - tmp @ h_cp.T
-            rhs = -(g_c[1:].ravel() - tmp @ g_p.ravel())
+                blk = h_cc[k] + lam * np.diag(np.diag(h_cc[k])) + 1e-9 * np.eye(6)
+                schur[6 * (k - 1): 6 * k, 6 * (k - 1): 6 * k] += blk
+            reduced = _group_sum(f, np.einsum("mij,mj->mi", w_obs, g_p[p]), n)
+            rhs = -(g_c[1:] - reduced[1:]).ravel()
             try:
                 d_c = np.linalg.solve(schur, rhs)
             except np.linalg.LinAlgError:
                 lam *= 10
+                if lam > 1e6:
+                    break
                 continue
-            d_p = -np.einsum("pij,pj->pi", h_pp_inv, g_p + (h_cp.T @ d_c).reshape(n_pts, 3))
             d_c = np.vstack([np.zeros((1, 6)), d_c.reshape(n - 1, 6)])
+            back = _group_sum(p, np.einsum("mij,mi->mj", h_cp, d_c[f]), n_pts)
+            d_p = -np.einsum("pij,pj->pi", h_pp_inv, g_p + back)
             rot_new = rodrigues(d_c[:, :3]) @ rot
             t_new = t + d_c[:, 3:]
             pts_new = pts + d_p
@@ -297,19 +361,23 @@ def _ba_solve(rot: np.ndarray, t: np.ndarray, pts: np.ndarray, f: np.ndarray, p:
         cost = costs[-1]
         if lam > 1e6 or improved < 1e-6 * max(cost, 1e-12):
             break
-    del movable
     return rot, t, pts, costs
 
 
 def bundle_adjust(poses: np.ndarray, tracks: _Tracks, K: np.ndarray, baseline_m: float,
                   cfg: OdometryConfig) -> tuple[np.ndarray, dict[str, float]]:
     """Refine camera_to_world (N, 4, 4) (frame 0 fixed) and landmarks; returns new poses and stats."""
-    frame, lid, uv, disp = tracks.arrays()
+    frame, lid, uv, disp, sigma = tracks.arrays()
     good = ~tracks.bad[lid] & (tracks.world_cnt[lid] > 0)
-    frame, lid, uv, disp = frame[good], lid[good], uv[good], disp[good]
-    seen = np.bincount(lid, minlength=len(tracks.bad))
-    keep = seen[lid] >= cfg.ba_min_track_len
-    frame, lid, uv, disp = frame[keep], lid[keep], uv[keep], disp[keep]
+    seen = np.bincount(lid[good], minlength=len(tracks.bad))
+    keep = good & (seen[lid] >= cfg.ba_min_track_len)
+    if cfg.ba_max_landmarks > 0:
+        # an even stride over landmark ids keeps their spread over the image and over depth
+        # (taking the longest tracks instead picks mostly far background and BA then drifts)
+        cand = np.flatnonzero(seen >= cfg.ba_min_track_len)
+        chosen = cand[np.linspace(0, len(cand) - 1, min(len(cand), cfg.ba_max_landmarks)).astype(int)] if len(cand) else cand
+        keep &= np.isin(lid, chosen)
+    frame, lid, uv, disp, sigma = frame[keep], lid[keep], uv[keep], disp[keep], sigma[keep]
     n = len(poses)
     if len(frame) < 20 or n < 2:
         return poses, {"ba_observations": float(len(frame))}
@@ -319,11 +387,10 @@ def bundle_adjust(poses: np.ndarray, tracks: _Tracks, K: np.ndarray, baseline_m:
     t0 = -np.einsum("nij,nj->ni", rot0, poses[:, :3, 3])
     fb = K[0, 0] * baseline_m
     res0, _, _ = _ba_terms(rot0, t0, pts0, frame, pt_idx, uv, np.nan_to_num(disp), np.isfinite(disp), K, fb,
-                           cfg.ba_disparity_sigma_px, jac=False)
-    rot, t, pts, costs = _ba_solve(rot0, t0, pts0, frame, pt_idx, uv, disp, K, fb, cfg.ba_disparity_sigma_px,
-                                   cfg.ba_max_iterations)
+                           sigma, jac=False)
+    rot, t, pts, costs = _ba_solve(rot0, t0, pts0, frame, pt_idx, uv, disp, K, fb, sigma, cfg.ba_max_iterations)
     res1, _, _ = _ba_terms(rot, t, pts, frame, pt_idx, uv, np.nan_to_num(disp), np.isfinite(disp), K, fb,
-                           cfg.ba_disparity_sigma_px, jac=False)
+                           sigma, jac=False)
     new_poses = np.repeat(np.eye(4)[None], n, axis=0)
     new_poses[:, :3, :3] = np.transpose(rot, (0, 2, 1))
     new_poses[:, :3, 3] = -np.einsum("nji,nj->ni", rot, t)
@@ -344,6 +411,7 @@ def estimate_trajectory(
     baseline_m: float,
     exclude_mask: np.ndarray | None = None,
     cfg: OdometryConfig | None = None,
+    right: np.ndarray | None = None,
 ) -> OdometryResult:
     """Stereo visual odometry.
 
@@ -353,6 +421,8 @@ def estimate_trajectory(
             :func:`mllm4d_lite.stereo.compute_disparity`.
         K: (3, 3) left intrinsics (px); baseline_m: stereo baseline (m, > 0).
         exclude_mask: optional (N, H, W) bool, True on pixels of possibly moving objects.
+        right: optional (N, H, W, 3) uint8 right frames: feature disparities are then refined
+            by stereo KLT (:func:`refine_disparity_klt`).
     Returns:
         :class:`OdometryResult` with camera_to_world (N, 4, 4), world = left camera at frame 0.
     """
@@ -360,6 +430,16 @@ def estimate_trajectory(
     n = left.shape[0]
     K = np.asarray(K, np.float64)
     grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in left]
+    grays_r = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in right] if right is not None else None
+
+    def feature_disp(i: int, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Disparities of features and their BA noise (px): KLT-refined ones are far more precise."""
+        d = _sample(disp[i], uv)
+        if grays_r is None:
+            return d, np.full(len(d), cfg.ba_disparity_sigma_px)
+        d, refined = refine_disparity_klt(grays[i], grays_r[i], uv, d)
+        return d, np.where(refined, cfg.ba_klt_sigma_px, cfg.ba_disparity_sigma_px)
+
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.mask_dilate_px + 1,) * 2)
     disp = np.stack([_reliable_disparity(d, cfg) for d in disparity_px])
 
@@ -372,9 +452,9 @@ def estimate_trajectory(
     tracks = _Tracks()
     inliers = [0] * n
     failed: list[int] = []
-    pts = _detect(grays[0], np.isfinite(disp[0]) & ~excluded(0), np.zeros((0, 2)), cfg.max_features, cfg.min_feature_distance_px)
+    pts = _detect(grays[0], np.isfinite(disp[0]) & ~excluded(0), np.zeros((0, 2)), cfg.max_features, cfg.min_feature_distance_px, cfg.feature_grid)
     ids = tracks.new_ids(len(pts))
-    tracks.add(0, ids, pts, _sample(disp[0], pts), poses[0], K, baseline_m)
+    tracks.add(0, ids, pts, feature_disp(0, pts), poses[0], K, baseline_m)
     inliers[0] = len(pts)
     for i in range(1, n):
         new_pts, keep = _track(grays[i - 1], grays[i], pts)
@@ -410,12 +490,13 @@ def estimate_trajectory(
             step = np.linalg.inv(poses[i - 2]) @ poses[i - 1] if i >= 2 else np.eye(4)
             poses[i] = poses[i - 1] @ step
             log.debug("frame %d: PnP failed (%d landmarks)", i, int(has_world.sum()))
-        tracks.add(i, ids, pts, _sample(disp[i], pts), poses[i], K, baseline_m)
+        tracks.add(i, ids, pts, feature_disp(i, pts), poses[i], K, baseline_m)
         if len(pts) < 0.7 * cfg.max_features:
-            extra = _detect(grays[i], np.isfinite(disp[i]) & ~excl_i, pts, cfg.max_features - len(pts), cfg.min_feature_distance_px)
+            extra = _detect(grays[i], np.isfinite(disp[i]) & ~excl_i, pts, cfg.max_features - len(pts), cfg.min_feature_distance_px,
+                            cfg.feature_grid)
             if len(extra):
                 new_ids = tracks.new_ids(len(extra))
-                tracks.add(i, new_ids, extra, _sample(disp[i], extra), poses[i], K, baseline_m)
+                tracks.add(i, new_ids, extra, feature_disp(i, extra), poses[i], K, baseline_m)
                 pts = np.vstack([pts, extra])
                 ids = np.concatenate([ids, new_ids])
     quality: dict[str, float] = {
