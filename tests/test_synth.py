@@ -134,6 +134,24 @@ def test_mask_points_lie_on_the_true_solid(clips):
     assert tested > 20
 
 
+def test_objects_are_textured_for_feature_tracking():
+    """Curation tracks corners on objects: every sizeable object mask holds Shi-Tomasi corners."""
+    checked = 0
+    for seed in (1, 3, 5):
+        clip = generate_clip(seed, 2, 320, 240, num_objects=4)
+        grey = cv2.cvtColor(clip.left[0], cv2.COLOR_RGB2GRAY)
+        for oid in clip.labels:
+            mask = (clip.masks[0] == oid).astype(np.uint8)
+            if mask.sum() < 400:
+                continue
+            inner = cv2.erode(mask, np.ones((5, 5), np.uint8))
+            corners = cv2.goodFeaturesToTrack(grey, 200, 0.01, 3, mask=inner)
+            n = 0 if corners is None else len(corners)
+            assert n >= 5, (seed, clip.labels[oid], int(mask.sum()), n)
+            checked += 1
+    assert checked >= 4
+
+
 def test_yaw_convention_matches_motion():
     """An object driving along an arc moves along its heading (cos yaw, sin yaw) in x-z."""
     found = 0
