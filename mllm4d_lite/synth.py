@@ -474,8 +474,14 @@ def _pixel_rays(K: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.
     return np.broadcast_to(u[None, :], (height, width)).copy(), np.broadcast_to(v[:, None], (height, width)).copy()
 
 
+# Ray-solid intersections in the object's local frame (u along the heading, y down, w; the solid
+# stands on y = 0). Arguments: o = ray origin (3 floats), dx, dy, dz = ray directions (arrays of
+# one shape, camera z-depth parameterised). Each returns t (hit depth, inf on a miss), the unit
+# surface normal (nu, ny, nw) and surface coordinates in metres (s, q) for the texture look-up.
+
+
 def _hit_box(o, dx, dy, dz, half):
-    """Slab test against |u|<=a, -h<=y<=0, |w|<=b (local). Returns t, normal (3 arrays), tex (2)."""
+    """Slab test against |u| <= half[0], -2 half[1] <= y <= 0, |w| <= half[2]."""
     lo = (-half[0], -2 * half[1], -half[2])
     hi = (half[0], 0.0, half[2])
     ds = (dx, dy, dz)
@@ -496,7 +502,6 @@ def _hit_box(o, dx, dy, dz, half):
     hit = (tnear <= tfar) & (tnear > 1e-3)
     t = np.where(hit, tnear, _INF)
     pu, py, pw = o[0] + t * dx, o[1] + t * dy, o[2] + t * dz
-    ones = np.ones_like(dx)
     zeros = np.zeros_like(dx)
     nu = np.where(axis == 0, -np.sign(dx), zeros)
     ny = np.where(axis == 1, -np.sign(dy), zeros)
@@ -504,11 +509,11 @@ def _hit_box(o, dx, dy, dz, half):
     # texture coords: the two coordinates spanning the hit face
     s = np.where(axis == 0, pw, pu)
     q = np.where(axis == 1, pw, py)
-    del ones
     return t, (nu, ny, nw), (s + 7.0, q + 3.0)
 
 
 def _hit_sphere(o, dx, dy, dz, r):
+    """Sphere of radius r resting on the ground (centre at y = -r)."""
     ou, oy, ow = o[0], o[1] + r, o[2]
     a = dx * dx + dy * dy + dz * dz
     b = dx * ou + dy * oy + dz * ow
@@ -525,6 +530,7 @@ def _hit_sphere(o, dx, dy, dz, r):
 
 
 def _hit_cylinder(o, dx, dy, dz, r, h):
+    """Vertical cylinder of radius r and height h, with its top cap (the bottom is never seen)."""
     a = dx * dx + dz * dz
     b = dx * o[0] + dz * o[2]
     c = o[0] ** 2 + o[2] ** 2 - r * r
