@@ -18,7 +18,8 @@ up under ``--video-root`` by their trailing path parts (``videos_real/davis/x.mp
 ``run`` writes into ``--out``: ``predictions.jsonl`` (appended as answers come, so a stopped
 run resumes and skips answered ids), then ``predictions.json`` (the input entries plus
 ``response``, ``extracted`` and ``score``, in benchmark order), ``report.json`` / ``.md`` /
-``.png`` (see :mod:`mllm4d_lite.report`) and ``config.yaml``. With ``--blind`` the same model
+``.png`` (see :mod:`mllm4d_lite.report`) and ``config.yaml``. Entries without a ``category``
+get ``split`` (the bench file's name), which the report groups by. With ``--blind`` the same model
 also answers every question with blank frames (``predictions_blind.jsonl``), reported as a
 baseline beside chance.
 
@@ -298,8 +299,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _run_key(cfg: EvalRunConfig) -> dict[str, Any]:
-    keys = ("model", "adapter", "bench", "prompt", "frames", "max_pixels", "max_new_tokens", "quant")
-    return {k: getattr(cfg, k) for k in keys}
+    keys = ("model", "adapter", "prompt", "frames", "max_pixels", "max_new_tokens", "quant")
+    return {**{k: getattr(cfg, k) for k in keys}, "bench": str(Path(cfg.bench).resolve())}
 
 
 def _check_resume(cfg: EvalRunConfig, out: Path) -> None:

@@ -22,7 +22,6 @@ optional second list of scored predictions, reported per category beside the rea
 from __future__ import annotations
 
 import json
-import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -215,4 +214,4 @@ def summary_line(report: Mapping[str, Any], **extra: Any) -> str:
     if "blind" in report:
         data["blind_accuracy"] = report["blind"]["overall"]["accuracy"]
     data.update(extra)
-    return json.dumps(data, allow_nan=False, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x))
+    return json.dumps(data, default=str)
