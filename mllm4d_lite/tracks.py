@@ -65,16 +65,20 @@ def _object_points(mask: np.ndarray, disparity_px: np.ndarray, K: np.ndarray, ba
     area = int(mask.sum())
     if area == 0:
         return None, {"area_px": 0.0}
+    x0, y0, x1, y1 = _crop_box(mask, margin=2)
+    mask, disparity_px = mask[y0:y1, x0:x1], disparity_px[y0:y1, x0:x1]
     if cfg.erode_px > 0:
         k = 2 * cfg.erode_px + 1
         eroded = cv2.erode(mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
         if eroded.sum() >= cfg.min_pixels:
             mask = eroded
     v, u = np.nonzero(mask & np.isfinite(disparity_px) & (disparity_px > 0))
+    disp_vals = disparity_px[v, u].astype(np.float64)
+    u, v = u + x0, v + y0
     info = {"area_px": float(area), "valid_fraction": float(len(v) / max(int(mask.sum()), 1))}
     if len(v) < cfg.min_pixels or info["valid_fraction"] < cfg.min_valid_fraction:
         return None, info
-    pts = backproject(np.stack([u, v], 1).astype(np.float64), disparity_px[v, u].astype(np.float64), K, baseline_m)
+    pts = backproject(np.stack([u, v], 1).astype(np.float64), disp_vals, K, baseline_m)
     z = pts[:, 2]
     med = np.median(z)
     mad = 1.4826 * np.median(np.abs(z - med)) + 1e-3
@@ -171,6 +175,13 @@ def _fit_yaw(p_w: np.ndarray, q_w: np.ndarray, cfg: TrackConfig) -> float | None
     return kabsch_yaw(p[keep], q[keep])
 
 
+def _crop_box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1) of ``mask`` grown by ``margin`` px, clipped to the image."""
+    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+    H, W = mask.shape
+    return max(0, x - margin), max(0, y - margin), min(W, x + w + margin), min(H, y + h + margin)
+
+
 def _smooth_inside(disp: np.ndarray, mask: np.ndarray, size_px: int) -> np.ndarray:
     """Box-average the disparity over ``size_px`` windows using only pixels of ``mask`` with a known
     disparity (normalised convolution), so per-point depth noise shrinks without mixing in the
@@ -196,7 +207,9 @@ def object_yaws(grays: list[np.ndarray], masks: np.ndarray, object_id: int, disp
     cfg = cfg or TrackConfig()
     n = len(grays)
     yaws: list[float | None] = [None] * n
-    disparity_px = np.stack([_smooth_inside(disparity_px[i], masks[i] == object_id, cfg.yaw_smooth_px) for i in range(n)])
+    if cfg.yaw_smooth_px > 1:
+        disparity_px = np.stack([_smooth_inside(disparity_px[i], masks[i] == object_id, cfg.yaw_smooth_px)
+                                 for i in range(n)])
     anchor = -1          # frame whose yaw is known and where the tracked points were detected
     anchor_yaw = 0.0
     anchor_world = np.zeros((0, 3))
@@ -211,10 +224,15 @@ def object_yaws(grays: list[np.ndarray], masks: np.ndarray, object_id: int, disp
         if not started:
             started, yaws[i], anchor, anchor_yaw = True, 0.0, i, 0.0
         elif len(pts) >= cfg.yaw_min_points:
-            new, st, _ = cv2.calcOpticalFlowPyrLK(grays[i - 1], grays[i], pts.reshape(-1, 1, 2), None, **_LK_OBJ)
-            back, st_b, _ = cv2.calcOpticalFlowPyrLK(grays[i], grays[i - 1], new, None, **_LK_OBJ)
-            new = new.reshape(-1, 2)
-            ok = (st.ravel() == 1) & (st_b.ravel() == 1) & (np.linalg.norm(back.reshape(-1, 2) - pts, axis=1) < 1.0)
+            # KLT on a crop around the object (pyramids of the full frame would cost 5x more)
+            x0, y0, x1, y1 = _crop_box(mask | (masks[i - 1] == object_id), margin=24)
+            off = np.array([x0, y0], np.float32)
+            a, b = grays[i - 1][y0:y1, x0:x1], grays[i][y0:y1, x0:x1]
+            new, st, _ = cv2.calcOpticalFlowPyrLK(a, b, (pts - off).reshape(-1, 1, 2), None, **_LK_OBJ)
+            back, st_b, _ = cv2.calcOpticalFlowPyrLK(b, a, new, None, **_LK_OBJ)
+            new = new.reshape(-1, 2) + off
+            back = back.reshape(-1, 2) + off
+            ok = (st.ravel() == 1) & (st_b.ravel() == 1) & (np.linalg.norm(back - pts, axis=1) < 1.0)
             u = np.clip(np.rint(new[:, 0]).astype(int), 0, mask.shape[1] - 1)
             v = np.clip(np.rint(new[:, 1]).astype(int), 0, mask.shape[0] - 1)
             ok &= mask[v, u]
