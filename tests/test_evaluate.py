@@ -227,3 +227,40 @@ def test_eval_run_end_to_end_resumes_and_recounts(tiny_qwen25, tiny_bench, tmp_p
     # resuming with another prompt into the same folder would mix runs: refused
     assert main([*args[:6], "direct", *args[7:]]) == 2
     assert "different run" in capsys.readouterr().err
+
+
+def test_eval_run_on_vlm4d_format_with_video_root(tiny_qwen25, random_video, tmp_path, capsys):
+    """VLM4D's own files: URL / author-machine video paths, no category (grouped by split file)."""
+    root = tmp_path / "downloads"
+    (root / "videos_real" / "davis").mkdir(parents=True)
+    shutil.copy(random_video, root / "videos_real" / "davis" / "aerobatics.mp4")
+    url = "https://huggingface.co/datasets/shijiezhou/VLM4D/resolve/main/videos_real/davis/aerobatics.mp4"
+    bench = tmp_path / "real_mc.json"
+    bench.write_text(json.dumps([
+        {"id": "validation_1", "video": url, "question_type": "multiple-choice",
+         "question": "What direction is the bus moving towards?",
+         "choices": {"A": "not moving", "B": "there are no buses in the video", "C": "right", "D": "left"},
+         "answer": "there are no buses in the video"},
+        {"id": "validation_2", "video": "/home/author/VLM4D/videos_real/davis/aerobatics.mp4",
+         "question_type": "multiple-choice", "question": "How many times does it spin?",
+         "choices": {"A": 0, "B": 5, "C": 6, "D": 2}, "answer": 5},
+    ]))
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(tiny_qwen25), "--bench", str(bench), "--video-root", str(root),
+                 "--prompt", "direct", "--frames", "4", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    summary = _last_json_line(capsys.readouterr().out)
+    assert summary["n"] == 2 and summary["skipped"] == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["category"] for r in report["categories"]] == ["real_mc"]
+    preds = json.loads((out / "predictions.json").read_text())
+    assert [p["split"] for p in preds] == ["real_mc", "real_mc"]
+
+
+def test_help_for_every_command(capsys):
+    assert main(["--help"]) == 0
+    assert "score" in capsys.readouterr().out
+    for command in ("run", "score"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "--" in capsys.readouterr().out
