@@ -235,11 +235,11 @@ def test_right_view_matches_left_at_true_disparity(noise):
             wrong = _stereo_errors(clip.left[i], clip.right[i], clip.gt_depth_m[i], right_depth,
                                    clip.K, clip.baseline_m, extra_shift_px=2.0)
             assert err.size > 3000
-            # ideal camera: only interpolation error remains; with noise (std 2 per view), a
-            # +-2 % exposure mismatch, vignetting and highlights the floor is ~2.5-3 grey levels
+            # ideal camera: only interpolation error remains; with noise (std 3 per view), a
+            # +-2 % exposure mismatch, vignetting and highlights the floor is ~3.5 grey levels
             limit = 4.0 if noise else 1.0
             assert np.median(err) < limit and err.mean() < limit + 0.5, (seed, i, np.median(err), err.mean())
-            assert wrong.mean() > 2.5 * err.mean(), (wrong.mean(), err.mean())
+            assert wrong.mean() > (2.0 if noise else 4.0) * err.mean(), (wrong.mean(), err.mean())
 
 
 def test_depth_agrees_with_camera_motion(clips):
