@@ -68,14 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     kinds: collections.Counter[str] = collections.Counter()
     examples: dict[str, list] = collections.defaultdict(list)
     per_file = []
+    regex_per_file: list[tuple[float, str]] = []
     dump = args.dump.open("w") if args.dump else None
     for path in files:
         entries = json.loads(path.read_text())
-        n = ok = judged = f_agree = 0
+        n = ok = judged = f_agree = f_regex = 0
         for e in entries:
             ours, rule = explain_choice(e["response"], e["choices"])
             judge = judge_letter(e["extracted_answer"])
-            regex_agree += usual_regex_letter(e["response"]) == judge
+            f_regex += usual_regex_letter(e["response"]) == judge
             judge_inconsistent += (judge in answer_letters(entry_answer(e), e["choices"])) != bool(e["correct"])
             # the score `mllm4d eval score` gives (answers.score_response), without extracting twice
             score = float(ours in answer_letters(entry_answer(e), e["choices"]))
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 dump.write(json.dumps(rec) + "\n")
         total += n
         agree += f_agree
+        regex_agree += f_regex
+        regex_per_file.append((100 * f_regex / n, f"{path.parent.name}/{path.name}"))
         per_file.append((f"{path.parent.name}/{path.name}", n, 100 * f_agree / n, 100 * ok / n, 100 * judged / n))
     if dump:
         dump.close()
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the judge's verdict contradicts its own extracted letter on {judge_inconsistent} replies "
           "(a floor on per-file accuracy differences)")
     print(f"usual regex extractor (answer tag, 'answer: X', lone/trailing letter) agrees on "
-          f"{100 * regex_agree / total:.2f} %")
+          f"{100 * regex_agree / total:.2f} %; worst file {min(regex_per_file)[0]:.2f} % ({min(regex_per_file)[1]})")
     print(f"replies: {total}, extractor agrees with the judge's option on {agree} = {100 * agree / total:.2f} %"
           f" (target >= 98 %)")
     print(f"files: {len(per_file)}, accuracy within 1 point of the judged accuracy on {within}"
