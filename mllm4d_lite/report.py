@@ -164,25 +164,40 @@ def plot_report(report: Mapping[str, Any], path: str | Path, title: str = "Accur
         blind = [r.get("blind_accuracy") for r in rows] + [report["blind"]["overall"]["accuracy"],
                                                            report["blind"]["overall"]["mean_over_categories"]]
     width = 0.38 if blind else 0.7
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4.2))
-    xs = list(range(len(names)))
     off = -width / 2 if blind else 0.0
-    ax.bar([x + off for x in xs], acc, width, label="model", color="#3b7dd8")
+    xs = list(range(len(names)))
+    horizontal = len(names) > 14  # many categories (e.g. one per prediction file): one row each
+    if horizontal:
+        fig, ax = plt.subplots(figsize=(9.0, min(0.3 * len(names) + 1.5, 60.0)))
+        bar, line, text = ax.barh, ax.vlines, lambda x, a: ax.text(a + 1, x + off, f"{a:.1f}", va="center", fontsize=6)
+    else:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4.2))
+        bar, line, text = ax.bar, ax.hlines, lambda x, a: ax.text(x + off, a + 1, f"{a:.1f}", ha="center",
+                                                                   va="bottom", fontsize=7)
+    bar([x + off for x in xs], acc, width, label="model", color="#3b7dd8")
     if blind:
-        ax.bar([x + width / 2 for x in xs], [b if b is not None else 0 for b in blind], width,
-               label="blind (blank frames)", color="#b0b0b0")
+        bar([x + width / 2 for x in xs], [b if b is not None else 0 for b in blind], width,
+            label="blind (blank frames)", color="#b0b0b0")
     for x, c in zip(xs, chance):
         if c is not None:
-            ax.hlines(c, x - 0.4, x + 0.4, colors="#d62728", linestyles="--", linewidth=1.2)
+            line(c, x - 0.4, x + 0.4, colors="#d62728", linestyles="--", linewidth=1.2)
     ax.plot([], [], "--", color="#d62728", label="chance")
     for x, a in zip(xs, acc):
-        ax.text(x + off, a + 1, f"{a:.1f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(xs)
-    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy % (MRA % for numeric)")
-    ax.set_ylim(0, 105)
+        text(x, a)
+    label = "accuracy % (MRA % for numeric)"
+    if horizontal:
+        ax.set_yticks(xs)
+        ax.set_yticklabels([n.replace("\n", " ") for n in names], fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.set_xlim(0, 105)
+    else:
+        ax.set_xticks(xs)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 105)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower right" if horizontal else "upper right")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
