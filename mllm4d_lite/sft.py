@@ -463,8 +463,8 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
 
     summary: dict[str, Any] = {
         "adapter": str(adapter_dir), "train_records": len(records), "skipped_records": skipped,
-        "steps": int(trainer.state.global_step), "train_loss": float(result.training_loss),
-        "train_seconds": round(train_s, 1), "peak_mem_gb": round(peak_memory_gb(device), 3),
+        "steps": int(trainer.state.global_step), "final_loss": float(result.training_loss),
+        "train_s": round(train_s, 1), "peak_mem_gb": round(peak_memory_gb(device), 3),
         "sample_cost": cost, "blind": cfg.blind, "device": device}
     if cfg.eval_file:
         entries = D.load_records(cfg.eval_file, cfg.eval_max_samples or None, seed=cfg.seed)
@@ -500,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"mllm4d sft: error: {err}\n")
         return 2
     line = (f"sft: {summary['steps']} steps on {summary['train_records']} records "
-            f"({len(summary['skipped_records'])} skipped) in {summary['train_seconds']:.0f} s, "
-            f"final loss {summary['train_loss']:.4f}, adapter -> {summary['adapter']}")
+            f"({len(summary['skipped_records'])} skipped) in {summary['train_s']:.0f} s, "
+            f"final loss {summary['final_loss']:.4f}, adapter -> {summary['adapter']}")
     if "eval" in summary:
         e = summary["eval"]
         line += f"; eval acc {e['accuracy']:.3f} on {e['n']}, ST-CoT format {e['format_rate']:.2f}"

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -64,7 +66,8 @@ def main() -> int:
     ap.add_argument("--cold-max-steps", type=int, default=0, help="override the cold-start max_steps (0 = keep)")
     ap.add_argument("--skip-blind", action="store_true")
     ap.add_argument("--skip-cold", action="store_true")
-    ap.add_argument("--extra", nargs="*", default=[], help="extra --key value overrides for the SFT runs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe value for the SFT runs (repeatable), e.g. --set lora_r=64")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -94,8 +97,9 @@ def main() -> int:
     def sft_cfg(name: str, config: str, train_file: Path, **kw):
         values = load_yaml(REPO / config)
         values.update(train_file=str(train_file), output_dir=str(out / name), eval_file=str(out / "bench_direction.json"))
-        for i in range(0, len(args.extra), 2):
-            values[args.extra[i].lstrip("-").replace("-", "_")] = args.extra[i + 1]
+        for item in args.set:
+            key, _, value = item.partition("=")
+            values[key.strip().replace("-", "_")] = yaml.safe_load(value)
         values.update(kw)
         return build_config(S.SFTConfigKit, values, config)
 
@@ -106,22 +110,22 @@ def main() -> int:
         t0 = time.perf_counter()
         summary = S.train(sft_cfg(name, args.sft_config, out / "train_sft.jsonl", blind=blind, **over))
         results[name] = {"accuracy": summary["eval"]["accuracy"], "by_category": summary["eval"]["by_category"],
-                         "train_seconds": summary["train_seconds"], "steps": summary["steps"],
-                         "final_loss": summary["train_loss"], "wall_seconds": round(time.perf_counter() - t0, 1)}
+                         "train_seconds": summary["train_s"], "steps": summary["steps"],
+                         "final_loss": summary["final_loss"], "wall_seconds": round(time.perf_counter() - t0, 1)}
         print(f"{name}: acc {results[name]['accuracy']:.3f} after {summary['steps']} steps, "
-              f"train {summary['train_seconds']:.0f} s", flush=True)
+              f"train {summary['train_s']:.0f} s", flush=True)
     if not args.skip_cold:
         cold_over = {"max_steps": args.cold_max_steps} if args.cold_max_steps else {}
         summary = S.train(sft_cfg("cold_start", args.cold_config, out / "train_cot.jsonl",
                                   adapter_init=str(out / "sft" / "adapter"), eval_mode="st-cot", **cold_over))
         results["cold_start"] = {"accuracy": summary["eval"]["accuracy"], "format_rate": summary["eval"]["format_rate"],
-                                 "train_seconds": summary["train_seconds"], "steps": summary["steps"]}
+                                 "train_seconds": summary["train_s"], "steps": summary["steps"]}
         print(f"cold start: ST-CoT format {summary['eval']['format_rate']:.3f}, acc {summary['eval']['accuracy']:.3f}, "
-              f"train {summary['train_seconds']:.0f} s", flush=True)
+              f"train {summary['train_s']:.0f} s", flush=True)
 
     results["setup"] = {"clips": str(clips), "bench_questions": len(bench), "train_sft_records": n_sft,
                         "train_categories": args.train_categories, "sft_config": args.sft_config,
-                        "extra": args.extra, "max_steps": args.max_steps}
+                        "set": args.set, "max_steps": args.max_steps}
     (out / "learning.json").write_text(json.dumps(results, indent=1))
     print("\n| run | held-out direction accuracy | train time |\n| --- | --- | --- |")
     print(f"| chance | {chance:.3f} | - |")
