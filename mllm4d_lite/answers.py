@@ -183,9 +183,9 @@ def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, 
         rest = s[m.end():]
         lone = ")" in m.group(0) or "]" in m.group(0) or not rest.strip() or re.match(r"\s*[.:,;)!\]'\"]", rest)
         if letter in letters and (m.group(1).isupper() or lone):
-            other = _JOINED_LETTER.match(rest)
+            other = _JOINED_LETTER.match(rest) or re.match(r"[\s.:,;)\]]*\(?([A-Z])[.)]?\s*$", rest)
             if other and other.group(1).upper() in letters and other.group(1).upper() != letter:
-                return ""
+                return ""  # "A or B", "A, C", "B.A.", "C. B"
             if m.group(1) == "A" and re.match(r" [a-z]", rest) and not lone:
                 # "A car" where an option reads "A car": the text decides; at the start of
                 # a reply, "A car is moving …" is an article, not a choice

@@ -79,6 +79,9 @@ CASES = [
     ("Because of the dog, I cannot tell.", None, None),
     ("The answer is A or B", None, None),
     ("Therefore, the final answer is: A and C", None, None),
+    ("B.A.", None, None),  # two letters
+    ("CDD", None, None),
+    ("Therefore, the answer is: C. B", None, None),
     ("It moves either left or right.", LR, None),  # text matching two options
     ("Therefore, the final answer is: N/A", LR, None),
     ("Therefore, the final answer is: $LETTER (without quotes)", None, None),
