@@ -522,6 +522,5 @@ def is_correct(entry: Mapping[str, Any], response: str | None) -> bool:
     return score >= 0.5 if is_numeric(entry) else score == 1.0
 
 
-
 __all__ = ["MRA_THRESHOLDS", "answer_letter", "answer_letters", "entry_answer", "explain_choice", "extract_choice",
            "extract_number", "is_correct", "is_numeric", "mean_relative_accuracy", "normalize_text", "score_response"]
