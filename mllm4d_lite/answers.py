@@ -14,10 +14,12 @@ prints the agreement). It looks, in this order, for
 3. a reply that *is* an option: "C", "C.", "(C)", "C: left", "C) left", "left";
 4. a letter named as the choice in the last sentences: "option D", "B is the correct
    answer", "… is 'D: further away from the camera'";
-5. an option's text in the last sentences ("The man is moving towards the left.");
+5. the thing asked about said to be absent, matched to the option saying so ("There is no
+   fairy visible" -> "no fairy there");
+6. an option's text in the last sentences ("The man is moving towards the left.");
    word forms are folded ("downwards" = "down", "twice" = "2", "dogs" = "dog");
-6. the last sentence holding most of one option's content words;
-7. a lone letter closing the reply ("… so the answer is\\n\\nC").
+7. the last sentence holding most of one option's content words;
+8. a lone letter closing the reply ("… so the answer is\\n\\nC").
 
 Ambiguous replies ("A or B", "A and C", two different letters) give ``None``, which is
 scored wrong and counted as "no answer". Letters inside words ("Clockwise") never count.
@@ -273,6 +275,30 @@ def _choice_text(choices: Mapping[str, Any], letter: str) -> Any:
     return ""
 
 
+_ABSENT_AFTER = {"visible", "present", "seen", "shown", "there", "found", "detected", "depicted", "appear"}
+
+
+def _absence_option(sentence: str, choices: Mapping[str, Any]) -> str | None:
+    """The "false positive" option ("no fairy there", "there are no cars in the video") when
+    the sentence says that thing is absent: "There is no fairy visible", "No boat can be
+    seen", "The car is not visible in the video"."""
+    words = _tokens(sentence)
+    found = []
+    for letter, option in choices.items():
+        opt = _tokens(option)
+        if "no" not in opt or opt.index("no") + 1 >= len(opt):
+            continue
+        thing = opt[opt.index("no") + 1]
+        for i, w in enumerate(words):
+            if w.rstrip("e") != thing.rstrip("e"):  # "bus" / "buse" (from "buses")
+                continue
+            before, after = words[max(0, i - 2):i], words[i + 1:i + 5]
+            if "no" in before or (("not" in after or "no" in after) and _ABSENT_AFTER & set(after)):
+                found.append(str(letter).upper())
+                break
+    return found[0] if len(found) == 1 else None
+
+
 _STOPWORDS = {"is", "are", "was", "were", "be", "of", "in", "on", "to", "it", "its", "and", "at",
               "from", "with", "by", "video", "image", "frame", "there", "this", "that", "thi"}
 
@@ -329,8 +355,8 @@ def extract_choice(response: str | None, choices: Mapping[str, Any] | None = Non
 
 def explain_choice(response: str | None, choices: Mapping[str, Any] | None = None) -> tuple[str | None, str]:
     """:func:`extract_choice` plus the name of the rule that decided: ``answer-tag``,
-    ``declared``, ``option-reply``, ``letter-mention``, ``option-text``, ``closest-option``,
-    ``trailing-letter``, or ``none`` (``ambiguous`` / ``unreadable`` when a declared answer
+    ``declared``, ``option-reply``, ``letter-mention``, ``absent-option``, ``option-text``,
+    ``closest-option``, ``trailing-letter``, or ``none`` (``ambiguous`` / ``unreadable`` when a declared answer
     names two options or none)."""
     if response is None:
         return None, "none"
@@ -373,21 +399,28 @@ def explain_choice(response: str | None, choices: Mapping[str, Any] | None = Non
         if got is not None:
             return done(got, "letter-mention")
 
-    # 5. an option's text instead of a letter: the last sentence naming an option
+    # 5. the thing asked about is said to be absent, and an option says so ("no fairy there")
+    if choices:
+        for sentence in reversed(window):
+            got = _absence_option(sentence, choices)
+            if got:
+                return got, "absent-option"
+
+    # 6. an option's text instead of a letter: the last sentence naming an option
     if choices:
         for sentence in reversed(window):
             got = _option_in_text(sentence, choices, whole=False)
             if got:
                 return got, "option-text"
 
-    # 6. the last sentence shares most of one option's content words ("moving towards the
+    # 7. the last sentence shares most of one option's content words ("moving towards the
     #    camera" for "closer towards the camera")
     if choices and window:
         got = _closest_option(window[-1], choices)
         if got:
             return got, "closest-option"
 
-    # 7. a lone letter closing the reply
+    # 8. a lone letter closing the reply
     m = re.search(r"(?<![A-Za-z0-9'_])[\(\[]?([A-Z])[\)\]]?[.!]?\s*$", text)
     if m and m.group(1) in letters:
         return m.group(1), "trailing-letter"

@@ -74,6 +74,8 @@ CASES = [
     ("The bus is moving towards the camera.", LR, "D"),
     ("It goes left and away from the camera.", NESTED, "C"),  # longer option contains "left"
     ("A car is moving to the right.", LR, "A"),  # "A car" is an article; "right" is option A
+    ("No bus can be seen in the video, so it is not moving anywhere.", ABSENT, "B"),
+    ("The bus is not visible in the video.", ABSENT, "B"),
     # tricky: no answer
     ("Clockwise", None, None),  # a letter inside a word
     ("Because of the dog, I cannot tell.", None, None),
