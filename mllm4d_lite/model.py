@@ -89,6 +89,10 @@ REAL_MODELS = {
 }
 
 
+# Bumped whenever build_tiny_model's output changes, so cached tiny models are rebuilt.
+TINY_BUILD_VERSION = "v2"
+
+
 class ModelSetupError(ValueError):
     """A model setting cannot work here; the message names the setting and the fix."""
 
@@ -139,13 +143,21 @@ def _tokenizer_corpus() -> list[str]:
     lines = [prompts.ST_COT_SYSTEM_PROMPT, prompts.ST_COT_INSTRUCTION, prompts.DIRECT_INSTRUCTION,
              prompts.NUMERIC_DIRECT_INSTRUCTION, DEFAULT_SYSTEM_PROMPT]
     lines += [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
-    lines += ["<thinking>Camera Center: [0.00, -1.25, 3.50] Object Center: [1.20, 0.35, 4.80]</thinking>"
-              "<answer>A</answer>", "A: left\nB: right\nC: toward the camera\nD: not moving"]
-    lines += [f"{x:.2f} {-x:.2f} [{x:.1f}, {x + 1:.1f}, {x + 2:.1f}]" for x in np.linspace(0, 9.9, 40)]
+    # ST-CoT-shaped text, so states and reasoning take few tokens (shorter targets, faster GRPO)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a, b = rng.uniform(-9.99, 9.99, size=(2, 3))
+        lines.append(f"<thinking>At frame 0 (first frame of the segment): Camera Center: {prompts.format_center(a)}; "
+                     f"Object Center: {prompts.format_center(b)}. At frame 15 (last frame of the segment): "
+                     f"Camera Center: {prompts.format_center(b)}; Object Center: null. The object moved by "
+                     f"dx = {a[0]:.2f} m (right +), dy = {a[1]:.2f} m (down +), dz = {a[2]:.2f} m (forward +), "
+                     f"{abs(a[0]):.2f} m in total; the largest horizontal part is dx, so it moves to the right."
+                     f"</thinking><answer>{'ABCD'[_ % 4]}</answer>")
+    lines += ["A: left\nB: right\nC: toward the camera\nD: not moving"]
     return lines * 4
 
 
-def build_tokenizer(vocab_size: int = 640):
+def build_tokenizer(vocab_size: int = 1024):
     """A byte-level BPE trained offline on the kit's vocabulary, wrapped as Qwen2's tokenizer class
     with Qwen's special tokens (``<|im_start|>`` … ``<|video_pad|>``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -288,7 +300,7 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
 
 def tiny_model_dir(family: str = "qwen2.5-vl", root: str | Path = "runs/tiny_model", seed: int = 0) -> Path:
     """The cached tiny model folder for ``family``, built on first use."""
-    path = Path(root) / f"{family}-seed{seed}"
+    path = Path(root) / f"{family}-seed{seed}-{TINY_BUILD_VERSION}"
     if not (path / "config.json").is_file():
         build_tiny_model(path, family=family, seed=seed)
     return path
