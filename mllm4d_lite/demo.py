@@ -1,0 +1,345 @@
+"""``mllm4d demo``: every stage of the method end to end, then one report.
+
+    curate (stereo -> 4D -> QA) -> SFT -> cold start (ST-CoT) -> GRPO (ST-reward) -> eval
+
+Each stage writes under ``<out>/<stage>/`` and, when it finishes, a ``.done.json`` marker with its
+wall time: a second run skips finished stages (``--fresh`` redoes everything). Evaluation
+covers chance, a blind control (the SFT recipe trained and evaluated with blank frames), the base
+model, SFT (direct prompt), cold start and GRPO (ST-CoT prompt) on the held-out benchmark.
+The report (``<out>/report.md`` + ``report.json``) embeds the trajectory plots of two clips,
+the loss and reward curves and the accuracy bars.
+
+Profiles: ``tiny`` (CPU, the offline tiny model, recipes/tiny/) and ``gpu-24gb``
+(recipes/qwen2.5-vl-3b/ by default, ``--recipes recipes/qwen3-vl-4b`` for the paper's family).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mllm4d_lite.config import ConfigError, atomic_write_json, atomic_write_text, parse_config, save_resolved
+
+log = logging.getLogger(__name__)
+
+PROFILES = {"tiny": "recipes/tiny", "gpu-24gb": "recipes/qwen2.5-vl-3b"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``mllm4d demo``."""
+
+    profile: str = field(default="tiny", metadata={"help": "tiny (CPU) | gpu-24gb (one 24 GB GPU)"})
+    recipes: str = field(default="", metadata={"help": "recipe folder (default: by profile, e.g. recipes/tiny)"})
+    clips: str = field(default="tiny_data", metadata={"help": "folder of stereo clips to curate"})
+    out: str = field(default="runs/demo", metadata={"help": "output folder (one sub-folder per stage)"})
+    fresh: bool = field(default=False, metadata={"help": "redo every stage (deletes --out first)"})
+    max_clips: int = field(default=0, metadata={"help": "use only the first N clips (0 = all)"})
+    sft_steps: int = field(default=0, metadata={"help": "override the SFT recipe's max_steps (0 = recipe)"})
+    cold_start_steps: int = field(default=0, metadata={"help": "override the cold-start recipe's max_steps (0 = recipe)"})
+    grpo_steps: int = field(default=0, metadata={"help": "override the GRPO recipe's max_steps (0 = recipe)"})
+    eval_limit: int = field(default=0, metadata={"help": "evaluate only the first N bench questions (0 = all)"})
+    blind_control: bool = field(default=True, metadata={"help": "train and evaluate the blind (blank-frames) control"})
+    workers: int = field(default=1, metadata={"help": "curation worker processes"})
+    eval_batch_size: int = field(default=8, metadata={"help": "questions per generate() call in evaluation"})
+    cot_max_new_tokens: int = field(default=320, metadata={
+        "help": "reply budget for ST-CoT evaluation (the tiny model's CoT targets are ~160-250 tokens)"})
+
+    def validate(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"`profile` must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        for name in ("max_clips", "sft_steps", "cold_start_steps", "grpo_steps", "eval_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def recipe_dir(self) -> Path:
+        path = Path(self.recipes or PROFILES[self.profile])
+        return path if path.is_absolute() or path.exists() else REPO / path
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage runner
+# ----------------------------------------------------------------------------------------------
+
+def _call_stage(module: str, argv: list[str]) -> None:
+    """Run ``mllm4d <stage> argv`` in a child process (each stage gets a clean interpreter and
+    gives its memory back); a non-zero exit is an error naming the command."""
+    import subprocess
+
+    stage = {"mllm4d_lite.evaluate": "eval"}.get(module, module.rsplit(".", 1)[-1])
+    cmd = [sys.executable, "-m", "mllm4d_lite", stage, *argv]
+    log.info("$ mllm4d %s %s", stage, " ".join(argv))
+    rc = subprocess.run(cmd, check=False).returncode
+    if rc:
+        raise RuntimeError(f"stage command failed (exit {rc}): mllm4d {stage} {' '.join(argv)}")
+
+
+def _run_stage(name: str, out: Path, fresh: bool, body: Callable[[Path], None], times: dict[str, float]) -> Path:
+    """Run ``body(stage_dir)`` unless its ``.done.json`` marker exists; records the wall time."""
+    stage_dir = out / name
+    marker = stage_dir / ".done.json"
+    if marker.is_file() and not fresh:
+        times[name] = float(json.loads(marker.read_text()).get("wall_s", 0.0))
+        log.info("== %s: done before (%.0f s), skipped (use --fresh to redo)", name, times[name])
+        return stage_dir
+    log.info("=" * 72)
+    log.info("== stage: %s  ->  %s", name, stage_dir)
+    log.info("=" * 72)
+    start = time.time()
+    body(stage_dir)
+    times[name] = round(time.time() - start, 1)
+    atomic_write_json(marker, {"stage": name, "wall_s": times[name], "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    log.info("== %s finished in %.0f s", name, times[name])
+    return stage_dir
+
+
+def _subset_clips(cfg: DemoConfig, out: Path) -> Path:
+    """The clip folder to curate: ``cfg.clips`` itself, or links to its first ``max_clips`` clips."""
+    clips = Path(cfg.clips)
+    if not clips.is_absolute() and not clips.exists():
+        clips = REPO / clips
+    if not clips.is_dir():
+        raise FileNotFoundError(f"clips folder not found: {cfg.clips} (the kit ships tiny_data/; "
+                                "`mllm4d synth --out DIR` makes more)")
+    if not cfg.max_clips:
+        return clips
+    folders = sorted(p for p in clips.iterdir() if (p / "clip.json").is_file())[: cfg.max_clips]
+    subset = out / "clips_subset"
+    if subset.exists():
+        shutil.rmtree(subset)
+    subset.mkdir(parents=True)
+    for folder in folders:
+        (subset / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
+    return subset
+
+
+def _steps(flag: str, value: int) -> list[str]:
+    return [flag, str(value)] if value else []
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    out = Path(cfg.out)
+    if cfg.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out, "demo_config.yaml")
+    recipes = cfg.recipe_dir
+    for stage_file in ("sft.yaml", "cold_start.yaml", "grpo.yaml"):
+        if not (recipes / stage_file).is_file():
+            raise FileNotFoundError(f"{recipes / stage_file} missing; pick a folder of recipes/ with --recipes")
+    times: dict[str, float] = {}
+    data = out / "curate"
+    bench = data / "bench.json"
+    model = _recipe_value(recipes / "sft.yaml", "model", "tiny")
+    num_frames = str(_recipe_value(recipes / "sft.yaml", "num_frames", 8))
+    max_pixels = _recipe_value(recipes / "sft.yaml", "max_pixels", None)
+    eval_common = ["--bench", str(bench), "--frames", num_frames, "--batch-size", str(cfg.eval_batch_size)] \
+        + (["--max-pixels", str(max_pixels)] if max_pixels else []) + _steps("--limit", cfg.eval_limit)
+
+    clips = _subset_clips(cfg, out)
+    _run_stage("curate", out, cfg.fresh, lambda d: _call_stage("mllm4d_lite.curate", [
+        "--clips", str(clips), "--out", str(d), "--plot", "--score", "--workers", str(cfg.workers)]), times)
+
+    def train(recipe: str, train_file: str, adapter_init: Path | None, extra: list[str]):
+        module = "mllm4d_lite.grpo" if recipe == "grpo.yaml" else "mllm4d_lite.sft"
+        init = ["--adapter-init", str(adapter_init / "adapter")] if adapter_init else []
+        return lambda d: _call_stage(module, ["--config", str(recipes / recipe), "--train-file", str(data / train_file),
+                                              "--output-dir", str(d), *init, *extra])
+
+    sft = _run_stage("sft", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, _steps("--max-steps", cfg.sft_steps)), times)
+    if cfg.blind_control:
+        sft_blind = _run_stage("sft_blind", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None,
+                                                                  _steps("--max-steps", cfg.sft_steps) + ["--blind"]), times)
+    cold = _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
+                                                          _steps("--max-steps", cfg.cold_start_steps)), times)
+    grpo = _run_stage("grpo", out, cfg.fresh, train("grpo.yaml", "rft.jsonl", cold,
+                                                    _steps("--max-steps", cfg.grpo_steps)), times)
+
+    evals: list[tuple[str, str, Path | None, str, bool]] = [
+        ("base", "base model (no fine-tuning)", None, "direct", False),
+        ("sft", "SFT", sft, "direct", False),
+        ("cold_start", "cold start (ST-CoT)", cold, "st-cot", False),
+        ("grpo", "GRPO (ST-reward)", grpo, "st-cot", False),
+    ]
+    if cfg.blind_control:
+        evals.insert(1, ("blind", "blind control (SFT on blank frames)", sft_blind, "direct", True))
+    for key, _, adapter, prompt, blind in evals:
+        argv = ["run", "--model", str(model), "--prompt", prompt, *eval_common]
+        if prompt == "st-cot":
+            argv += ["--max-new-tokens", str(cfg.cot_max_new_tokens)]
+        if adapter is not None:
+            argv += ["--adapter", str(adapter / "adapter")]
+        if blind:
+            argv += ["--blind"]
+        _run_stage(f"eval/{key}", out, cfg.fresh,
+                   lambda d, argv=argv: _call_stage("mllm4d_lite.evaluate", argv + ["--out", str(d)]), times)
+
+    report = build_demo_report(cfg, out, evals, times)
+    return report
+
+
+def _recipe_value(path: Path, key: str, default: Any) -> Any:
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    return data.get(key, default)
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, float]) -> dict[str, Any]:
+    """Collect every stage's figures into ``report.json`` and ``report.md`` (with plots)."""
+    rows: list[dict[str, Any]] = []
+    chance = None
+    for key, label, _, prompt, blind in evals:
+        rep = _read_json(out / "eval" / key / "report.json")
+        if rep is None:
+            continue
+        section = rep["blind"] if blind else rep
+        overall = section["overall"]
+        chance = chance if chance is not None else overall.get("chance")
+        rows.append({"key": key, "label": label, "prompt": prompt,
+                     "accuracy": overall["accuracy"], "mean_over_categories": overall["mean_over_categories"],
+                     "n": overall["n"], "no_answer": overall.get("no_answer"),
+                     "categories": {c["category"]: c["accuracy"] for c in section["categories"]}})
+    grpo_summary = _read_json(out / "grpo" / "summary.json") or {}
+    sft_summary = _read_json(out / "sft" / "summary.json") or {}
+    curate_score = _read_json(out / "curate" / "scorecard.json")
+    qa_summary = _read_json(out / "curate" / "qa_summary.json")
+    report = {
+        "profile": cfg.profile,
+        "chance": chance,
+        "models": rows,
+        "stage_wall_s": times,
+        "total_wall_s": round(sum(times.values()), 1),
+        "sft": {k: sft_summary.get(k) for k in ("train_records", "skipped_records", "final_loss", "steps", "train_s")
+                if k in sft_summary},
+        "grpo": grpo_summary,
+        "curation_scorecard": curate_score,
+        "qa_summary": {k: qa_summary.get(k) for k in ("counts", "totals", "letter_balance") if k in (qa_summary or {})},
+    }
+    plots = _accuracy_plot(rows, chance, out / "accuracy.png")
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", _report_markdown(report, out, plots))
+    return report
+
+
+def _accuracy_plot(rows: list[dict[str, Any]], chance: float | None, path: Path) -> Path | None:
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cats = sorted({c for r in rows for c in r["categories"]})
+    labels = ["overall"] + cats
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(labels) + 2), 4.5))
+    x = np.arange(len(labels))
+    for i, r in enumerate(rows):
+        vals = [r["accuracy"]] + [r["categories"].get(c, np.nan) for c in cats]
+        ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=r["label"])
+    if chance is not None:
+        ax.axhline(chance, color="k", ls="--", lw=1, label=f"chance ({chance:.0f}%)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%) / MRA (numeric)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Held-out benchmark: accuracy per category")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _rel(path: Path, out: Path) -> str:
+    return os.path.relpath(path, out)
+
+
+def _report_markdown(report: dict[str, Any], out: Path, accuracy_png: Path | None) -> str:
+    lines = [f"# mllm4d-lite demo report ({report['profile']} profile)", ""]
+    lines += ["## Held-out benchmark", "",
+              "accuracy = per question (%); mean/cat = unweighted mean over categories (VSI-Bench style); "
+              "numeric questions score by mean relative accuracy.", "",
+              "| model | prompt | accuracy | mean/cat | n | no answer |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    if report["chance"] is not None:
+        lines.append(f"| chance | - | {report['chance']:.2f} | - | - | - |")
+    for r in report["models"]:
+        lines.append(f"| {r['label']} | {r['prompt']} | {r['accuracy']:.2f} | {r['mean_over_categories']:.2f} | "
+                     f"{r['n']} | {r['no_answer']} |")
+    cats = sorted({c for r in report["models"] for c in r["categories"]})
+    if cats:
+        lines += ["", "Per category (accuracy %, MRA for numeric):", "",
+                  "| category | " + " | ".join(r["key"] for r in report["models"]) + " |",
+                  "| --- |" + " ---: |" * len(report["models"])]
+        for c in cats:
+            vals = [r["categories"].get(c) for r in report["models"]]
+            lines.append(f"| {c} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in vals) + " |")
+    if accuracy_png:
+        lines += ["", f"![accuracy per category]({_rel(accuracy_png, out)})"]
+    grpo = report.get("grpo") or {}
+    lines += ["", "## Training", ""]
+    if (out / "sft" / "loss.png").is_file():
+        lines += ["SFT loss:", "", f"![SFT loss]({_rel(out / 'sft' / 'loss.png', out)})", ""]
+    if (out / "cold_start" / "loss.png").is_file():
+        lines += ["Cold-start loss:", "", f"![cold-start loss]({_rel(out / 'cold_start' / 'loss.png', out)})", ""]
+    if grpo:
+        keys = [k for k in grpo if "reward" in k and not isinstance(grpo[k], (dict, list))]
+        if keys:
+            lines += ["GRPO: " + ", ".join(f"{k} {grpo[k]:.3f}" if isinstance(grpo[k], float) else f"{k} {grpo[k]}"
+                                           for k in keys), ""]
+    if (out / "grpo" / "reward_curve.png").is_file():
+        lines += [f"![GRPO reward]({_rel(out / 'grpo' / 'reward_curve.png', out)})", ""]
+    plots = sorted((out / "curate" / "plots").glob("*.png"))[:2] if (out / "curate" / "plots").is_dir() else []
+    lines += ["## Curation", ""]
+    score = report.get("curation_scorecard")
+    if score:
+        lines += ["Scorecard against the synthetic ground truth (`curate/scorecard.json`):", "", "```",
+                  json.dumps(score.get("summary", score), indent=1)[:3000], "```", ""]
+    for p in plots:
+        lines += [f"![trajectories {p.stem}]({_rel(p, out)})", ""]
+    lines += ["## Wall time per stage", "", "| stage | seconds |", "| --- | ---: |"]
+    for stage, secs in report["stage_wall_s"].items():
+        lines.append(f"| {stage} | {secs:.0f} |")
+    lines.append(f"| **total** | **{report['total_wall_s']:.0f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(DemoConfig, argv, prog="mllm4d demo",
+                       description="Run every stage end to end (curate -> SFT -> cold start -> GRPO -> eval).")
+    try:
+        report = run(cfg)
+    except (FileNotFoundError, RuntimeError, ConfigError) as err:
+        log.error("%s", err)
+        return 1
+    best = {r["key"]: r["accuracy"] for r in report["models"]}
+    sys.stdout.write(f"demo done in {report['total_wall_s']:.0f} s | chance {report['chance']} | "
+                     + " | ".join(f"{k} {v:.1f}%" for k, v in best.items())
+                     + f" | report: {Path(cfg.out) / 'report.md'}\n")
+    return 0

@@ -1,0 +1,79 @@
+"""The end-to-end demo on a cut-down configuration: every stage's outputs exist, the report's
+numbers equal the evaluation JSON, and a second run skips every finished stage."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from mllm4d_lite import demo
+
+REPO = Path(__file__).resolve().parent.parent
+
+QUICK = ["--max-clips", "6", "--sft-steps", "4", "--cold-start-steps", "2", "--grpo-steps", "1",
+         "--eval-limit", "4", "--cot-max-new-tokens", "24", "--eval-batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    if not (REPO / "tiny_data").is_dir():
+        pytest.skip("tiny_data/ missing")
+    out = tmp_path_factory.mktemp("demo") / "run"
+    start = time.time()
+    assert demo.main(["--out", str(out), *QUICK]) == 0
+    return out, time.time() - start
+
+
+def test_every_stage_wrote_its_outputs(demo_run):
+    out, _ = demo_run
+    for stage in ("curate", "sft", "sft_blind", "cold_start", "grpo",
+                  "eval/base", "eval/blind", "eval/sft", "eval/cold_start", "eval/grpo"):
+        assert (out / stage / ".done.json").is_file(), stage
+    for name in ("sft.jsonl", "cot.jsonl", "rft.jsonl", "bench.json", "scorecard.json"):
+        assert (out / "curate" / name).is_file(), name
+    assert len(list((out / "curate" / "annotations").glob("*.json"))) == 6
+    for stage in ("sft", "sft_blind", "cold_start", "grpo"):
+        assert (out / stage / "adapter" / "adapter_config.json").is_file(), stage
+    assert (out / "grpo" / "reward_curve.png").is_file()
+    assert (out / "report.md").is_file() and (out / "accuracy.png").is_file()
+
+
+def test_report_numbers_equal_eval_json(demo_run):
+    out, _ = demo_run
+    report = json.loads((out / "report.json").read_text())
+    keys = [m["key"] for m in report["models"]]
+    assert keys == ["base", "blind", "sft", "cold_start", "grpo"]
+    md = (out / "report.md").read_text()
+    for model in report["models"]:
+        ev = json.loads((out / "eval" / model["key"] / "report.json").read_text())
+        section = ev["blind"] if model["key"] == "blind" else ev
+        assert model["accuracy"] == section["overall"]["accuracy"]
+        assert model["mean_over_categories"] == section["overall"]["mean_over_categories"]
+        assert model["n"] == section["overall"]["n"] == 4
+        # recount from the predictions themselves
+        preds = json.loads((out / "eval" / model["key"] /
+                            ("predictions_blind.json" if model["key"] == "blind" else "predictions.json")).read_text())
+        assert model["accuracy"] == pytest.approx(100.0 * sum(p["score"] for p in preds) / len(preds), abs=0.01)
+        assert f"| {model['accuracy']:.2f} |" in md
+    assert set(report["stage_wall_s"]) >= {"curate", "sft", "cold_start", "grpo", "eval/grpo"}
+
+
+def test_second_run_skips_finished_stages(demo_run):
+    out, _ = demo_run
+    before = (out / "report.json").read_text()
+    mtimes = {p: p.stat().st_mtime for p in (out / "sft" / "adapter").iterdir()}
+    start = time.time()
+    assert demo.main(["--out", str(out), *QUICK]) == 0
+    assert time.time() - start < 60
+    assert {p: p.stat().st_mtime for p in (out / "sft" / "adapter").iterdir()} == mtimes
+    after = json.loads((out / "report.json").read_text())
+    assert after["models"] == json.loads(before)["models"]
+
+
+def test_bad_profile_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--profile", "tpu-pod"])
+    assert "profile" in capsys.readouterr().err
