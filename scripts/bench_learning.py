@@ -42,6 +42,24 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
+def synth_clips(out: Path, num_clips: int, seed: int, size: str, camera_motion: str | None,
+                num_objects: int | None = None) -> None:
+    """Render ``num_clips`` synthetic clips (16 frames, 8 fps) with the synth module's own API."""
+    from tqdm import tqdm
+
+    from mllm4d_lite.clip import save_clip
+    from mllm4d_lite.synth import generate_clip
+
+    width, height = (int(v) for v in size.split("x"))
+    for i in tqdm(range(num_clips), desc="synth clips"):
+        if (out / f"synth_s{seed + i:05d}" / "gt.json").is_file():
+            continue
+        options = {"camera_motion": camera_motion} if camera_motion else {}
+        if num_objects:
+            options["num_objects"] = num_objects
+        save_clip(generate_clip(seed + i, 16, width, height, 8.0, **options), out, crf=20)
+
+
 def filter_jsonl(src: Path, dst: Path, categories: tuple[str, ...] | None) -> int:
     rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     if categories:
@@ -57,6 +75,10 @@ def main() -> int:
     ap.add_argument("--clips", default="runs/learn/clips", help="folder of synthetic clips (made if missing)")
     ap.add_argument("--num-clips", type=int, default=256, help="clips to synthesise when --clips is missing")
     ap.add_argument("--synth-seed", type=int, default=1000, help="seed of the synthesised clips")
+    ap.add_argument("--synth-size", default="320x240", help="WIDTHxHEIGHT of synthesised clips")
+    ap.add_argument("--camera-motion", default=None,
+                    help="synthesise clips with this camera motion only (e.g. static); default: random mix")
+    ap.add_argument("--num-objects", type=int, default=None, help="objects per synthesised clip (default: random 1-4)")
     ap.add_argument("--out", default="runs/learn", help="output folder")
     ap.add_argument("--sft-config", default="recipes/tiny/sft.yaml")
     ap.add_argument("--cold-config", default="recipes/tiny/cold_start.yaml")
@@ -77,9 +99,8 @@ def main() -> int:
 
     out = (REPO / args.out).resolve()
     clips = (REPO / args.clips).resolve()
-    if not clips.is_dir():
-        run([sys.executable, "-m", "mllm4d_lite", "synth", "--out", str(clips), "--num-clips", str(args.num_clips),
-             "--seed", str(args.synth_seed), "--frames", "16", "--size", "320x240", "--fps", "8"])
+    if not clips.is_dir() or args.camera_motion or args.num_objects:
+        synth_clips(clips, args.num_clips, args.synth_seed, args.synth_size, args.camera_motion, args.num_objects)
     data = out / "data"
     run([sys.executable, "-m", "mllm4d_lite", "qa", "--clips", str(clips), "--use-gt", "--out", str(data)])
 
@@ -123,7 +144,7 @@ def main() -> int:
         print(f"cold start: ST-CoT format {summary['eval']['format_rate']:.3f}, acc {summary['eval']['accuracy']:.3f}, "
               f"train {summary['train_s']:.0f} s", flush=True)
 
-    results["setup"] = {"clips": str(clips), "bench_questions": len(bench), "train_sft_records": n_sft,
+    results["setup"] = {"clips": str(clips), "camera_motion": args.camera_motion, "num_objects": args.num_objects, "synth_size": args.synth_size, "bench_questions": len(bench), "train_sft_records": n_sft,
                         "train_categories": args.train_categories, "sft_config": args.sft_config,
                         "set": args.set, "max_steps": args.max_steps}
     (out / "learning.json").write_text(json.dumps(results, indent=1))
