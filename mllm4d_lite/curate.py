@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import sys
 import time
@@ -371,7 +372,10 @@ def run_clips(sources: list[ClipSource], out_dir: Path, run: dict[str, Any], wor
             (errors.append(res["error"]) if "error" in res else results.append(res))
             bar.update(1)
     else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+        # "spawn": forking a process that already runs OpenCV / OpenBLAS threads can deadlock the
+        # children (seen here); spawned workers start clean (about a second each to import).
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, mp_context=ctx) as pool:
             futures = {pool.submit(curate_clip, src, str(out_dir), run): src for src in sources}
             for fut in as_completed(futures):
                 try:

@@ -41,7 +41,7 @@ class OdometryConfig:
     min_feature_distance_px: int = field(default=8, metadata={"help": "minimum spacing of corners (px)"})
     mask_dilate_px: int = field(default=4, metadata={"help": "grow object masks by this much before excluding (px)"})
     min_disparity_px: float = field(default=3.0, metadata={"help": "ignore disparities below this: far points carry little translation signal and their depth errors are large (px)"})
-    max_local_disparity_range_px: float = field(default=1.0, metadata={"help": "feature depth needs a 3x3 disparity range below this (+5%) (px)"})
+    max_local_disparity_range_px: float = field(default=1.0, metadata={"help": "feature depth needs a 3x3 disparity range below this plus 5 percent (px)"})
     ransac_reproj_px: float = field(default=2.0, metadata={"help": "PnP RANSAC inlier threshold (px)"})
     min_inliers: int = field(default=12, metadata={"help": "fewer PnP inliers = frame pose unreliable"})
     bundle_adjust: bool = field(default=True, metadata={"help": "refine poses and landmarks by stereo BA"})

@@ -52,7 +52,7 @@ class StereoConfig:
     block_size: int = field(default=3, metadata={"help": "SGBM matching block size (odd, px)"})
     p1_factor: int = field(default=8, metadata={"help": "SGBM P1 = p1_factor * 3 * block_size^2"})
     p2_factor: int = field(default=32, metadata={"help": "SGBM P2 = p2_factor * 3 * block_size^2"})
-    uniqueness_ratio: int = field(default=10, metadata={"help": "SGBM uniqueness ratio (%)"})
+    uniqueness_ratio: int = field(default=10, metadata={"help": "SGBM uniqueness ratio (percent)"})
     speckle_window: int = field(default=100, metadata={"help": "SGBM speckle filter window (px, 0 = off)"})
     lr_max_diff_px: float = field(default=1.0, metadata={"help": "left-right check tolerance (px, <0 = off)"})
     fill_max_width_px: int = field(default=8, metadata={"help": "fill scanline holes up to this width (px, 0 = off)"})
