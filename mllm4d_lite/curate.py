@@ -433,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             card = aggregate_scores(scores)
             card["per_clip"] = [{k: v for k, v in s.items() if k != "objects"} for s in scores]
             text = scorecard_text(card)
+            card["summary"] = text.splitlines()
             if qa is not None:
                 gt_anns = [qa.annotation_from_gt_dir(Path(r["annotation"]["clip_dir"])) for r in results
                            if "score" in r]
