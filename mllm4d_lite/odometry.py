@@ -46,7 +46,7 @@ class OdometryConfig:
     min_inliers: int = field(default=12, metadata={"help": "fewer PnP inliers = frame pose unreliable"})
     bundle_adjust: bool = field(default=True, metadata={"help": "refine poses and landmarks by stereo BA"})
     ba_disparity_sigma_px: float = field(default=0.5, metadata={"help": "BA weight: noise of SGBM disparities (px)"})
-    ba_klt_sigma_px: float = field(default=0.1, metadata={"help": "BA weight: noise of KLT-refined feature disparities (px)"})
+    ba_klt_sigma_px: float = field(default=0.2, metadata={"help": "BA weight: noise of KLT-refined feature disparities (px)"})
     ba_max_iterations: int = field(default=3, metadata={"help": "BA Levenberg-Marquardt iteration cap"})
     ba_max_landmarks: int = field(default=300, metadata={"help": "BA uses at most this many landmarks, an even spread (0 = all)"})
     ba_min_track_len: int = field(default=3, metadata={"help": "BA uses landmarks seen in at least this many frames"})
