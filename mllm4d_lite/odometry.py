@@ -3,22 +3,27 @@
 Conventions: camera x right, y down, z forward (OpenCV); world = the left camera's frame at
 frame 0; poses are 4x4 camera-to-world matrices; metres and pixels.
 
-Pipeline (all OpenCV / scipy, no learned parts):
+Pipeline (OpenCV + numpy, no learned parts):
 
-1. Shi-Tomasi corners on static, depth-valid background pixels (object masks dilated and
-   excluded), tracked frame to frame with pyramidal Lucas-Kanade and a forward-backward check;
-   the track set is replenished when it thins out.
+1. Shi-Tomasi corners, spread over a grid of image cells, on static background pixels with a
+   smooth, known disparity (object masks dilated and excluded; corners on depth edges have an
+   ambiguous depth), tracked frame to frame with pyramidal Lucas-Kanade and a forward-backward
+   check; the track set is replenished when it thins out. Each feature's disparity is refined by
+   a left-to-right Lucas-Kanade match started at the SGBM value (:func:`refine_disparity_klt`),
+   which removes SGBM's sub-pixel bias on far points.
 2. Every track is a landmark; its world position is the running mean of its stereo
-   back-projections (pixel + disparity) over the frames seen so far. Each new frame's pose
-   comes from PnP + RANSAC against those landmarks (map-based tracking, not frame-to-frame
-   chaining, so errors do not compound as fast), refined by Levenberg-Marquardt on the inliers;
-   RANSAC outliers (e.g. unmasked movers) are dropped.
-3. A stereo bundle adjustment (Levenberg-Marquardt, Huber weights, Schur complement on the points)
-   refines all poses but the first and all landmarks seen at least twice, on the left-image
-   reprojection error plus the disparity error ``fx * baseline / z - d`` (this keeps the scale
-   metric).
+   back-projections over the frames seen so far. Each new frame's pose comes from PnP + RANSAC
+   (SQPnP) against those landmarks (map-based tracking rather than frame-to-frame chaining, so
+   errors compound more slowly), refined by Levenberg-Marquardt on the inliers; RANSAC outliers
+   (e.g. unmasked movers) are dropped.
+3. A stereo bundle adjustment (Levenberg-Marquardt, Huber weights, Schur complement on the
+   points) refines all poses but the first and up to ``ba_max_landmarks`` landmarks, on the
+   left-image reprojection error plus the disparity error ``fx * baseline / z - d`` weighted by
+   the disparity's noise (KLT-refined or SGBM), which keeps the scale metric.
 
-Why BA: chaining PnP alone drifted 3.5-4.3% over a 7.3 m synthetic path (see the stack notes).
+Why: chaining PnP alone drifted 3.5-4.3% over a 7.3 m synthetic path (see the stack notes). On 32
+generated clips (seeds 1000-1031, 16 frames) the median ATE is 1.6 cm (2.1% of the path); without
+BA 28/32 tiny_data clips met the ATE target, with it 32/32.
 """
 
 from __future__ import annotations

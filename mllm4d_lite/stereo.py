@@ -20,7 +20,7 @@ The default backend ("sgbm") is OpenCV's semi-global matching (3-way), improved 
 Measured on ``skimage.data.stereo_motorcycle()`` (741x500, Middlebury 2014, GT with inf =
 unknown), ``max_disparity_px=96`` (see ``scripts/bench_curate.py`` and ``tests/test_stereo.py``):
 plain SGBM with the issue's settings covers 83.0% of GT pixels, EPE 1.03 px, bad-3px 21.2%
-(uncovered counted bad); this module covers 91.5%, EPE 0.86 px, bad-3px 12.5%.
+(uncovered counted bad); this module covers 91.3%, EPE 0.86 px, bad-3px 12.7%.
 
 A learned stereo model can be plugged in as a backend (``backend="torchscript"``, reading a
 user-provided TorchScript export from ``weights_dir``), or any callable registered with
