@@ -132,3 +132,19 @@ def test_errors_and_help(tmp_path, capsys):
         curate.main(["--help"])
     assert exit_info.value.code == 0
     assert "--workers" in capsys.readouterr().out
+
+
+def test_side_by_side_video_end_to_end(tmp_path):
+    from mllm4d_lite.video import write_video
+
+    clip = synth.generate_clip(225, num_frames=8, camera_motion="forward")
+    write_video(tmp_path / "drive.mp4", np.concatenate([clip.left, clip.right], axis=2), clip.fps, crf=16)
+    save_calibration(tmp_path / "drive.calib.yaml", clip.K, clip.baseline_m, layout="full")
+    out = tmp_path / "out"
+    assert curate.main(["--clips", str(tmp_path), "--out", str(out), "--qa", "false"]) == 0
+    ann = json.loads((out / "annotations" / "drive.json").read_text())
+    assert ann["source"] == "side_by_side_full" and ann["num_frames"] == 8 and ann["fps"] == pytest.approx(clip.fps)
+    gt = np.asarray(clip.gt["camera_to_world"])[:, :3, 3]
+    est = np.asarray(ann["camera_centers"])
+    path = np.linalg.norm(np.diff(gt, axis=0), axis=1).sum()
+    assert np.median(np.linalg.norm(est - gt, axis=1)) <= max(0.05, 0.03 * path)
