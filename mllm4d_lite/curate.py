@@ -171,6 +171,9 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
         return result
     except (ClipError, ValueError, OSError) as err:  # VideoError/StereoError are ValueErrors
         return {"error": f"{source.path}: {err}", "source": source.path}
+    except Exception as err:  # noqa: BLE001 - one odd clip (e.g. a cv2.error) must not end a long run
+        log.debug("%s failed", source.path, exc_info=True)
+        return {"error": f"{source.path}: {type(err).__name__}: {err}", "source": source.path}
 
 
 # ----------------------------------------------------------------------------- scoring
