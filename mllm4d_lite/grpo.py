@@ -45,6 +45,7 @@ import math
 import re
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,8 +411,8 @@ def metrics_row(step: int, logs: dict[str, float], reward_names: Sequence[str], 
     row["kl"] = logs.get("kl")
     row["loss"] = logs.get("loss")
     row["entropy"] = logs.get("entropy")
-    row["s_per_step"] = round(s_per_step, 4)
-    row["memory_gb"] = round(_peak_memory_gb(), 3)
+    row["s_per_step"] = round(s_per_step, 4)  # wall clock, generation included
+    row["memory_gb"] = round(_peak_memory_gb(), 3)  # peak CUDA allocation, or the process's peak RSS on CPU
     return row
 
 
@@ -531,8 +532,6 @@ def _check_setup(cfg: GRPOConfigKit, device: str) -> None:
         raise ModelSetupError("`use_vllm: true`: TRL 1.16's vLLM generation passes images only, so the kit's video "
                               "prompts would be generated without their frames; set `use_vllm: false` "
                               "(transformers generation, which the kit feeds the video)")
-    if cfg.use_vllm is False and cfg.vllm_mode == "server":
-        log.info("vllm_mode: server is ignored without use_vllm")
 
 
 def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None = None):
@@ -606,7 +605,20 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
                           processing_class=processor, peft_config=peft_config,
                           sample_writer=writer, sample_every=cfg.sample_every)
     trainer.add_callback(_make_callback(out_dir, cfg.reward_funcs, cfg.max_steps))
+    _quiet_progress(trainer)
     return trainer
+
+
+def _quiet_progress(trainer) -> None:
+    """Keep transformers' progress bar but drop its dict dump on every log (our callback logs a line)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgress())
 
 
 def run(cfg: GRPOConfigKit) -> dict[str, Any]:
@@ -666,11 +678,19 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(GRPOConfigKit, argv, prog="mllm4d grpo",
                        description="GRPO with the ST-CoT prompt and the ST-reward (TRL GRPOTrainer, LoRA).")
-    summary = run(cfg)
-    fmt = summary["format_last_fifth"]
+    from mllm4d_lite.config import ConfigError
+    from mllm4d_lite.data import DataError
+    from mllm4d_lite.model import ModelSetupError
+
+    try:
+        summary = run(cfg)
+    except (ConfigError, DataError, ModelSetupError) as err:
+        sys.stderr.write(f"mllm4d grpo: error: {err}\n")
+        return 2
+    fmt = summary["format_last"]
     print(f"grpo: {summary['steps']} steps in {summary['elapsed_s']:.0f} s ({summary['s_per_step']:.2f} s/step) | "
           f"reward {summary['reward_first_fifth']:.3f} -> {summary['reward_last_fifth']:.3f} (first/last fifth) | "
-          f"format {fmt if fmt is None else round(fmt, 3)} | adapter -> {summary['adapter']}")
+          f"format {'n/a' if fmt is None else f'{fmt:.2f}'} (last step) | adapter -> {summary['adapter']}")
     return 0
 
 

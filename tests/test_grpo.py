@@ -96,7 +96,9 @@ def test_recipes_load_with_paper_values(recipe):
     assert cfg.reward_funcs == ["format", "accuracy", "camera", "object"]
     assert cfg.reward_weights == [0.2, 0.6, 0.1, 0.1]
     assert cfg.beta == pytest.approx(0.001)  # kept above zero (TRL's default is 0)
-    assert cfg.temperature == 1.0 and cfg.learning_rate == pytest.approx(1e-4)
+    assert cfg.temperature == 1.0
+    # paper lr 1e-4 on the GPU profiles; the tiny profile's scaled value is explained in its header
+    assert cfg.learning_rate == pytest.approx(1e-4 if recipe.parent.name != "tiny" else 3e-4)
     assert cfg.use_st_cot_prompt and not cfg.blind
     assert cfg.num_generations == (4 if recipe.parent.name == "tiny" else 8)
     assert cfg.adapter_init, "GRPO starts from the cold-start adapter"
@@ -155,12 +157,14 @@ def test_fifth_means():
 
 # ------------------------------------------------------------------------ video reaches policy
 
-def test_video_reaches_the_policy_logprobs_and_gradients(grpo_data, tiny_qwen25, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_video_reaches_the_policy_logprobs_and_gradients(grpo_data, family, request, tmp_path):
     """Same completions, frames blanked: the policy's log-probs, TRL's reference log-probs and
     the LoRA gradients of the GRPO loss must all change. TRL's own scoring path is blind."""
     from trl import GRPOTrainer
 
-    cfg = _cfg(grpo_data, tiny_qwen25, tmp_path, beta=0.001)
+    model = request.getfixturevalue("tiny_qwen25" if family == "qwen2.5-vl" else "tiny_qwen3")
+    cfg = _cfg(grpo_data, model, tmp_path, beta=0.001)
     trainer = grpo.build_trainer(cfg)
     trainer.model.train()
     example = trainer.train_dataset[0]
