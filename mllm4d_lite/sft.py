@@ -114,9 +114,11 @@ class SFTConfigKit:
 # ----------------------------------------------------------------------------------------------
 
 def _is_linear(module) -> bool:
+    """Layers peft can wrap in LoRA: Linear (bitsandbytes' Linear4bit/8bitLt subclass it) and the
+    vision patch embedding's Conv3d."""
     import torch
 
-    return isinstance(module, torch.nn.Linear)  # bitsandbytes' Linear4bit/8bitLt subclass it
+    return isinstance(module, (torch.nn.Linear, torch.nn.Conv3d))
 
 
 def _in_vision_tower(name: str) -> bool:
@@ -136,11 +138,15 @@ def resolve_lora_targets(model, patterns: Sequence[str], train_merger: bool) -> 
     name). ``train_merger`` adds every Linear of the vision-language merger(s). A pattern that
     matches nothing is an error (the usual silent no-op of vision-tower LoRA), as is ``lm_head``.
     """
+    import torch
+
     linears = [name for name, module in model.named_modules() if name and _is_linear(module)]
+    convs = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv3d)}
     chosen: list[str] = []
     for pattern in patterns:
         if re.fullmatch(r"[A-Za-z0-9_]+", pattern):
-            hits = [n for n in linears if (n == pattern or n.endswith("." + pattern)) and not _in_vision_tower(n)]
+            hits = [n for n in linears if (n == pattern or n.endswith("." + pattern)) and not _in_vision_tower(n)
+                    and n not in convs]
         else:
             try:
                 regex = re.compile(pattern)

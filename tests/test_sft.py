@@ -132,6 +132,7 @@ def test_lora_targets_are_checked_against_the_model(tiny_qwen25):
         S.resolve_lora_targets(net, ["qkv"], train_merger=False)  # vision-only name: an error, not a no-op
     vis = S.resolve_lora_targets(net, [r"model\.visual\.blocks\.\d+\.attn\.qkv"], train_merger=False)
     assert vis == ["model.visual.blocks.0.attn.qkv", "model.visual.blocks.1.attn.qkv"]
+    assert S.resolve_lora_targets(net, [r"model\.visual\.patch_embed\.proj"], False) == ["model.visual.patch_embed.proj"]
     assert {"model.visual.merger.mlp.0", "model.visual.merger.mlp.2"} <= set(
         S.resolve_lora_targets(net, ["q_proj"], train_merger=True))
     with pytest.raises(ConfigError, match="lm_head"):
