@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,10 @@ def test_video_reaches_the_policy_logprobs_and_gradients(grpo_data, family, requ
                           if p.requires_grad and p.grad is not None])
 
     g_seen, g_blind = lora_grads(rows), lora_grads(blank_rows)
+    logging.getLogger(__name__).info(
+        "%s: |logp seen - blank| max %.3g mean %.3g; |ref - seen| max %.3g; |stock TRL - seen| max %.3g; "
+        "|grad seen - blank| / |grad seen| = %.3g", family, diff.max(), diff.mean(), (ref - seen).abs()[cmask].max(),
+        (stock - seen).abs()[cmask].max(), (g_seen - g_blind).norm() / g_seen.norm())
     assert g_seen.abs().sum() > 0
     assert (g_seen - g_blind).abs().max() > 1e-6 * g_seen.abs().max() + 1e-9
 
