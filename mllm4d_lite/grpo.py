@@ -278,10 +278,10 @@ def _make_trainer_class():
                 unique_rows.append(row)
                 mask = enc["attention_mask"][j].bool()
                 unique_ids.append(enc["input_ids"][j][mask].tolist())
-            rows = [unique_rows[u] for u in row_to_unique]
-            prompt_ids = [unique_ids[u] for u in row_to_unique]
             device = self.accelerator.device
-            rows = [{k: v.to(device) for k, v in r.items()} for r in rows]
+            unique_rows = [{k: v.to(device) for k, v in r.items()} for r in unique_rows]
+            rows = [unique_rows[u] for u in row_to_unique]  # rows of a group share their tensors
+            prompt_ids = [unique_ids[u] for u in row_to_unique]
             self._active_video_rows = rows
             self._last_video_rows = rows
             fields = _cat_video_rows(rows)
