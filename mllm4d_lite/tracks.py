@@ -157,7 +157,7 @@ def _truncated_sides(ids: np.ndarray, object_id: int, disparity_px: np.ndarray, 
     disp_crop = disparity_px[cy0:cy1, cx0:cx1]
     # an occluder is nearer: larger disparity (its median over the context crop)
     near = np.zeros(len(v), bool)
-    for oid in np.unique(other):
+    for oid in set(other.tolist()):
         dm = disp_crop[(crop == oid) & np.isfinite(disp_crop)]
         if len(dm) and np.median(dm) > object_disp_px * 1.03:
             near |= other == oid
@@ -184,9 +184,9 @@ def _frame_geometry(frame: dict, pts: np.ndarray) -> dict:
     and vertical axes."""
     side, up = frame["side"], frame["up"]
     lat, ver = (pts @ side if side is not None else pts[:, 0]), pts @ up
-    return {**frame, "pts": pts,
-            "lat": (float(np.percentile(lat, 2)), float(np.percentile(lat, 98)), float(lat.mean())),
-            "ver": (float(np.percentile(ver, 2)), float(np.percentile(ver, 98)), float(ver.mean()))}
+    (lat_lo, lat_hi), (ver_lo, ver_hi) = np.percentile(np.stack([lat, ver]), [2, 98], axis=1).T
+    return {**frame, "pts": pts, "lat": (float(lat_lo), float(lat_hi), float(lat.mean())),
+            "ver": (float(ver_lo), float(ver_hi), float(ver.mean()))}
 
 
 def object_centers(masks: np.ndarray, object_id: int, disparity_px: np.ndarray, K: np.ndarray, baseline_m: float,
