@@ -282,12 +282,13 @@ def records_by_category(records: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 
 def write_toy_direction_set(out_dir: str | Path, num_clips: int = 16, seed: int = 0, num_frames: int = 8,
-                            width: int = 64, height: int = 48) -> Path:
+                            width: int = 64, height: int = 48, shuffle_choices: bool = False) -> Path:
     """A toy left/right set for tests and smoke runs: ``out_dir/{videos/*.mp4, sft.jsonl}``.
 
     Each clip shows a bright square sliding left or right over a textured background; each
-    record asks which way it moves (choices A: left, B: right, C: up, D: not moving) and
-    answers with the letter. Learnable only from the video. Returns the jsonl path.
+    record asks which way it moves (choices A: left, B: right, C: up, D: not moving, or in a
+    seeded random order with ``shuffle_choices``) and answers with the letter. Learnable only
+    from the video. Returns the jsonl path.
     """
     from mllm4d_lite.video import write_video
 
@@ -310,12 +311,17 @@ def write_toy_direction_set(out_dir: str | Path, num_clips: int = 16, seed: int 
         name = f"videos/toy_{seed}_{i:03d}.mp4"
         write_video(out / name, frames, fps=8.0)
         question = "Which way does the red cube move?"
+        if shuffle_choices:
+            texts = list(choices.values())
+            rng.shuffle(texts)
+            choices = dict(zip(prompts.LETTERS, texts))
+        letter = next(k for k, v in choices.items() if v == direction)
         lines.append(json.dumps({
             "id": f"toy-{seed}-{i:03d}", "clip_id": f"toy_{seed}_{i:03d}", "video": name,
             "category": "object_direction", "question": question, "question_type": "multiple-choice",
             "choices": choices, "answer": direction, "solution": {},
             "prompt": prompts.direct_prompt(question, choices),
-            "response": "A" if direction == "left" else "B"}))
+            "response": letter}))
     path = out / "sft.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
