@@ -408,9 +408,6 @@ def set_pixel_budget(processor, max_pixels: int | None = None, min_pixels: int |
         size["shortest_edge"] = int(min_pixels)
     vp.size = size
     vp.frame_max_pixels = int(max_pixels) if max_pixels is not None else None
-    if family == "qwen2.5-vl":
-        vp.max_pixels = size.get("longest_edge")
-        vp.min_pixels = size.get("shortest_edge")
 
 
 def load_model_and_processor(model: str, adapter: str | None = None, device: str | None = None,
