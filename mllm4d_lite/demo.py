@@ -319,8 +319,10 @@ def _report_markdown(report: dict[str, Any], out: Path, accuracy_png: Path | Non
     lines += ["## Curation", ""]
     score = report.get("curation_scorecard")
     if score:
-        lines += ["Scorecard against the synthetic ground truth (`curate/scorecard.json`):", "", "```",
-                  json.dumps(score.get("summary", score), indent=1)[:3000], "```", ""]
+        summary = score.get("summary", score) if isinstance(score, dict) else score
+        text = "\n".join(summary) if isinstance(summary, list) and all(isinstance(x, str) for x in summary) \
+            else json.dumps(summary, indent=1)[:3000]
+        lines += ["Scorecard against the synthetic ground truth (`curate/scorecard.json`):", "", "```", text, "```", ""]
     for p in plots:
         lines += [f"![trajectories {p.stem}]({_rel(p, out)})", ""]
     lines += ["## Wall time per stage", "", "| stage | seconds |", "| --- | ---: |"]
