@@ -164,7 +164,7 @@ def make_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPars
             dest=f.name,
             default=argparse.SUPPRESS,
             metavar=f.name.upper() if kind is not bool else "BOOL",
-            help=f"{f.metadata.get('help', '')} (default: {default!r})",
+            help=f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%"),  # argparse formats %
             **extra,
         )
     return parser
