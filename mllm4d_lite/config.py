@@ -214,9 +214,7 @@ def save_resolved(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> P
     data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
     meta = {"git_revision": git_revision(), "command": " ".join(sys.argv)}
     path = out_dir / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump({**data, "_meta": meta}, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump({**data, "_meta": meta}, sort_keys=False))
     return path
 
 
@@ -258,3 +256,16 @@ def split_config(merged: Any, cls: type[T]) -> T:
     """Pull the fields of ``cls`` out of a merged config instance (validated again)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return build_config(cls, {k: v for k, v in dataclasses.asdict(merged).items() if k in names}, cls.__name__)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int | None = None) -> Path:
+    """Save a matplotlib figure to ``path`` through a temporary file, then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, **({} if dpi is None else {"dpi": dpi}))
+    plt.close(fig)
+    tmp.replace(path)
+    return path

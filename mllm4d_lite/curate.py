@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from mllm4d_lite import odometry, stereo, tracks
 from mllm4d_lite.clip import Clip, ClipError
-from mllm4d_lite.config import ConfigError, atomic_write_json, merge_config_classes, parse_config, save_resolved, split_config
+from mllm4d_lite.config import ConfigError, atomic_write_json, merge_config_classes, parse_config, save_figure, save_resolved, split_config
 from mllm4d_lite.sources import ClipSource, find_sources
 
 log = logging.getLogger(__name__)
@@ -348,11 +348,7 @@ def plot_clip(clip: Clip, ann: dict[str, Any], path: Path) -> Path:
     ax.legend(loc="best", fontsize=6)
     ax.set_title(f"{clip.clip_id}: estimated (solid) vs ground truth (dashed)", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- command line

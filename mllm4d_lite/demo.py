@@ -15,7 +15,6 @@ Profiles: ``tiny`` (CPU, the offline tiny model, recipes/tiny/) and ``gpu-24gb``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mllm4d_lite.config import ConfigError, atomic_write_json, atomic_write_text, parse_config, save_resolved
+from mllm4d_lite.config import ConfigError, atomic_write_json, atomic_write_text, parse_config, save_figure, save_resolved
 
 log = logging.getLogger(__name__)
 
@@ -270,11 +269,7 @@ def _accuracy_plot(rows: list[dict[str, Any]], chance: float | None, path: Path)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Held-out benchmark: accuracy per category")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _rel(path: Path, out: Path) -> str:

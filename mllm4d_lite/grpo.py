@@ -44,7 +44,6 @@ import logging
 import math
 import re
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mllm4d_lite import prompts
-from mllm4d_lite.config import atomic_write_json, parse_config, save_resolved
+from mllm4d_lite.config import atomic_write_json, parse_config, save_figure, save_resolved
 
 log = logging.getLogger(__name__)
 
@@ -507,10 +506,7 @@ def plot_reward_curve(rows: Sequence[dict[str, Any]], reward_names: Sequence[str
     ax.set_title("GRPO reward")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -542,7 +538,7 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
     from trl import GRPOConfig
 
     from mllm4d_lite.data import VideoCache, check_videos
-    from mllm4d_lite.model import load_model_and_processor, pick_device, pick_dtype
+    from mllm4d_lite.model import load_model_and_processor, pick_device, pick_dtype, quiet_progress
     from mllm4d_lite.rewards import get_reward_funcs
 
     device = pick_device(cfg.device)
@@ -605,25 +601,15 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
                           processing_class=processor, peft_config=peft_config,
                           sample_writer=writer, sample_every=cfg.sample_every)
     trainer.add_callback(_make_callback(out_dir, cfg.reward_funcs, cfg.max_steps))
-    _quiet_progress(trainer)
+    quiet_progress(trainer)
     return trainer
-
-
-def _quiet_progress(trainer) -> None:
-    """Keep transformers' progress bar but drop its dict dump on every log (our callback logs a line)."""
-    from transformers.trainer_callback import ProgressCallback
-
-    class QuietProgress(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            return
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(QuietProgress())
 
 
 def run(cfg: GRPOConfigKit) -> dict[str, Any]:
     """Train, save ``adapter/``, metrics, curve and summary; return the summary."""
     from transformers.trainer_utils import get_last_checkpoint
+
+    from mllm4d_lite.model import save_adapter
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -640,14 +626,7 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
     trainer.train(resume_from_checkpoint=resume_from)
     elapsed_s = time.perf_counter() - t0
 
-    adapter_dir = out_dir / "adapter"
-    tmp = out_dir / "adapter.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    tmp.replace(adapter_dir)
+    adapter_dir = save_adapter(trainer.model, out_dir / "adapter", selected_adapters=["default"])
 
     rows = read_metrics(out_dir / "metrics.jsonl")
     if rows:

@@ -16,7 +16,6 @@ torchcodec), and passed to the processor as arrays with ``do_sample_frames=False
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -399,7 +398,6 @@ def set_pixel_budget(processor, max_pixels: int | None = None, min_pixels: int |
     if max_pixels is None and min_pixels is None:
         return
     size = dict(vp.size) if vp.size is not None else {}
-    family = family_of(processor)
     if max_pixels is not None:
         # Qwen3-VL's video processor bounds pixels of the whole clip (t*h*w); we bound per frame
         # (as the paper's max_pixels) and scale it by the frame count in video_kwargs().
@@ -425,7 +423,6 @@ def load_model_and_processor(model: str, adapter: str | None = None, device: str
         trainable_adapter: keep the adapter's LoRA weights trainable (continue training from it).
     Returns: (model, processor), model in eval mode unless ``trainable_adapter``.
     """
-    import torch
     from transformers import AutoModelForImageTextToText
 
     device = pick_device(device)
@@ -462,6 +459,38 @@ def load_model_and_processor(model: str, adapter: str | None = None, device: str
     if not trainable_adapter:
         net.eval()
     return net, processor
+
+
+# ----------------------------------------------------------------------------------------------
+# Training helpers shared by the sft and grpo stages
+# ----------------------------------------------------------------------------------------------
+
+def save_adapter(model, adapter_dir: str | Path, **save_kwargs: Any) -> Path:
+    """Save a peft adapter to ``adapter_dir`` through ``<adapter_dir>.tmp``, replacing any old one,
+    so a crash never leaves a half-written adapter."""
+    import shutil
+
+    adapter_dir = Path(adapter_dir)
+    tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), **save_kwargs)
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    tmp.replace(adapter_dir)
+    return adapter_dir
+
+
+def quiet_progress(trainer) -> None:
+    """Keep transformers' progress bar but drop its dict dump on every log (the stages log a line)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgress())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,6 +594,3 @@ def count_visual_tokens(processor, frames: np.ndarray, metadata: dict) -> dict[s
     patch = processor.video_processor.patch_size
     return {"frames": int(frames.shape[0]), "pixels_per_frame": h * w * patch * patch,
             "visual_tokens": t * h * w // (merge * merge)}
-
-
-os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")

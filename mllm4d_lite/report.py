@@ -26,7 +26,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mllm4d_lite.config import atomic_write_json, atomic_write_text
+from mllm4d_lite.config import atomic_write_json, atomic_write_text, save_figure
 
 ACCURACY_NOTE = "accuracy: per question, 100 * (sum of scores) / (number of questions)"
 MEAN_NOTE = ("mean_over_categories: unweighted mean of the per-category accuracies "
@@ -201,11 +201,7 @@ def plot_report(report: Mapping[str, Any], path: str | Path, title: str = "Accur
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | Path, stem: str = "report",

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mllm4d_lite.config import ConfigError, atomic_write_json, parse_config, save_resolved
+from mllm4d_lite.config import ConfigError, atomic_write_json, parse_config, save_figure, save_resolved
 
 log = logging.getLogger(__name__)
 
@@ -291,10 +291,7 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str) -> None:
     ax2.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="gray", lw=0.8, label="lr")
     ax2.set_ylabel("learning rate")
     fig.tight_layout()
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_png)
+    save_figure(fig, out_png, dpi=100)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,11 +378,11 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
     or ``(summary, trainer)`` with ``return_trainer`` (tests inspect ``trainer.model``)."""
     import torch
     from transformers import set_seed
-    from transformers.trainer_callback import ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     from mllm4d_lite import data as D
-    from mllm4d_lite.model import check_gpu_only_settings, load_model_and_processor, pick_device, pick_dtype
+    from mllm4d_lite.model import (check_gpu_only_settings, load_model_and_processor, pick_device, pick_dtype,
+                                   quiet_progress, save_adapter)
 
     device = pick_device(cfg.device)
     check_gpu_only_settings(device, use_unsloth=cfg.use_unsloth, cpu_recipe="recipes/tiny/sft.yaml (or cold_start.yaml)")
@@ -458,20 +455,12 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
     trainer = SFTTrainer(model=model, args=_training_args(cfg, device, torch_dtype), data_collator=collate,
                          train_dataset=dataset, processing_class=processor,
                          callbacks=[make_metrics_callback(metrics_path, collator, device)])
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_QuietProgress())
+    quiet_progress(trainer)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t0
 
-    adapter_dir = out / "adapter"
-    tmp = out / "adapter.tmp"
-    trainer.model.save_pretrained(tmp)
-    if adapter_dir.exists():
-        import shutil
-
-        shutil.rmtree(adapter_dir)
-    tmp.replace(adapter_dir)
+    adapter_dir = save_adapter(trainer.model, out / "adapter")
     if metrics_path.exists():
         plot_loss(metrics_path, out / "loss.png", f"{Path(cfg.train_file).name} ({cfg.model})")
 
@@ -489,17 +478,6 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
         summary["eval"] = {k: v for k, v in result_eval.items() if k != "predictions"}
     atomic_write_json(out / "summary.json", summary)
     return (summary, trainer) if return_trainer else summary
-
-
-def _QuietProgress():
-    """transformers' progress bar without its dict dump on every log (our callback logs a line)."""
-    from transformers.trainer_callback import ProgressCallback
-
-    class QuietProgress(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            return
-
-    return QuietProgress()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -892,6 +892,8 @@ def plot_trajectories(clip: Clip, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mllm4d_lite.config import save_figure
+
     gt = clip.gt or {}
     poses = np.asarray(gt["camera_to_world"], float)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
@@ -922,11 +924,7 @@ def plot_trajectories(clip: Clip, path: str | Path) -> Path:
     ax.legend(loc="lower right", fontsize=7)
     ax.set_title(f"{clip.clip_id}: top-down view (o = first frame)", fontsize=9)
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
