@@ -16,6 +16,7 @@ Profiles: ``tiny`` (CPU, the offline tiny model, recipes/tiny/) and ``gpu-24gb``
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import shutil
@@ -206,6 +207,17 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _gap(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy of ``a`` minus ``b`` (points) with the standard error of that difference, treating the
+    two accuracies as independent binomial proportions over their n questions (conservative for
+    two models scored on the same questions). |difference| < 2 SE reads as within noise."""
+    pa, pb = a["accuracy"] / 100.0, b["accuracy"] / 100.0
+    se = 100.0 * math.sqrt(max(pa * (1 - pa), 0.0) / max(a["n"], 1) + max(pb * (1 - pb), 0.0) / max(b["n"], 1))
+    diff = a["accuracy"] - b["accuracy"]
+    return {"a": a["key"], "b": b["key"], "diff_points": round(diff, 2), "se_points": round(se, 2),
+            "within_noise": bool(abs(diff) < 2 * se)}
+
+
 def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, float]) -> dict[str, Any]:
     """Collect every stage's figures into ``report.json`` and ``report.md`` (with plots)."""
     rows: list[dict[str, Any]] = []
@@ -221,6 +233,9 @@ def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, 
                      "accuracy": overall["accuracy"], "mean_over_categories": overall["mean_over_categories"],
                      "n": overall["n"], "no_answer": overall.get("no_answer"),
                      "categories": {c["category"]: c["accuracy"] for c in section["categories"]}})
+    by_key = {r["key"]: r for r in rows}
+    gaps = [_gap(by_key[a], by_key[b]) for a, b in (("sft", "blind"), ("grpo", "cold_start"))
+            if a in by_key and b in by_key]
     grpo_summary = _read_json(out / "grpo" / "summary.json") or {}
     sft_summary = _read_json(out / "sft" / "summary.json") or {}
     curate_score = _read_json(out / "curate" / "scorecard.json")
@@ -229,6 +244,7 @@ def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, 
         "profile": cfg.profile,
         "chance": chance,
         "models": rows,
+        "gaps": gaps,
         "stage_wall_s": times,
         "total_wall_s": round(sum(times.values()), 1),
         "sft": {k: sft_summary.get(k) for k in ("train_records", "skipped_records", "final_loss", "steps", "train_s")
@@ -287,6 +303,10 @@ def _report_markdown(report: dict[str, Any], out: Path, accuracy_png: Path | Non
     for r in report["models"]:
         lines.append(f"| {r['label']} | {r['prompt']} | {r['accuracy']:.2f} | {r['mean_over_categories']:.2f} | "
                      f"{r['n']} | {r['no_answer']} |")
+    for g in report.get("gaps", []):
+        lines.append("")
+        lines.append(f"{g['a']} - {g['b']}: {g['diff_points']:+.2f} points, standard error {g['se_points']:.2f} "
+                     f"({'within noise: |difference| < 2 SE' if g['within_noise'] else 'beyond 2 SE'}).")
     cats = sorted({c for r in report["models"] for c in r["categories"]})
     if cats:
         lines += ["", "Per category (accuracy %, MRA for numeric):", "",

@@ -59,6 +59,24 @@ def test_report_numbers_equal_eval_json(demo_run):
         assert model["accuracy"] == pytest.approx(100.0 * sum(p["score"] for p in preds) / len(preds), abs=0.01)
         assert f"| {model['accuracy']:.2f} |" in md
     assert set(report["stage_wall_s"]) >= {"curate", "sft", "cold_start", "grpo", "eval/grpo"}
+    # SFT vs blind and GRPO vs cold start, with the standard error of the difference
+    acc = {m["key"]: m["accuracy"] for m in report["models"]}
+    gaps = {(g["a"], g["b"]): g for g in report["gaps"]}
+    assert set(gaps) == {("sft", "blind"), ("grpo", "cold_start")}
+    for (a, b), g in gaps.items():
+        assert g["diff_points"] == pytest.approx(acc[a] - acc[b], abs=0.01)
+        assert g["within_noise"] == (abs(g["diff_points"]) < 2 * g["se_points"])
+        assert f"{a} - {b}: {g['diff_points']:+.2f} points" in md
+
+
+def test_gap_standard_error_is_the_binomial_one():
+    from mllm4d_lite.demo import _gap
+
+    g = _gap({"key": "sft", "accuracy": 60.0, "n": 100}, {"key": "blind", "accuracy": 40.0, "n": 100})
+    assert g["diff_points"] == 20.0
+    assert g["se_points"] == pytest.approx(100 * (2 * 0.24 / 100) ** 0.5, abs=0.01)  # 6.93
+    assert not g["within_noise"]
+    assert _gap({"key": "a", "accuracy": 26.1, "n": 113}, {"key": "b", "accuracy": 23.5, "n": 113})["within_noise"]
 
 
 def test_second_run_skips_finished_stages(demo_run):
