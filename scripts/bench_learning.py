@@ -52,7 +52,7 @@ def run(cmd: list[str]) -> None:
 
 
 def synth_clips(out: Path, num_clips: int, seed: int, size: str, camera_motion: str | None,
-                num_objects: int | None = None) -> None:
+                num_objects: int | None = None, hfov_deg: float | None = None) -> None:
     """Render ``num_clips`` synthetic clips (16 frames, 8 fps) with the synth module's own API."""
     from tqdm import tqdm
 
@@ -66,6 +66,8 @@ def synth_clips(out: Path, num_clips: int, seed: int, size: str, camera_motion: 
         options = {"camera_motion": camera_motion} if camera_motion else {}
         if num_objects:
             options["num_objects"] = num_objects
+        if hfov_deg:
+            options["hfov_deg"] = hfov_deg
         save_clip(generate_clip(seed + i, 16, width, height, 8.0, **options), out, crf=20)
 
 
@@ -112,6 +114,9 @@ def main() -> int:
     ap.add_argument("--camera-motion", default=None,
                     help="synthesise clips with this camera motion only (e.g. static); default: random mix")
     ap.add_argument("--num-objects", type=int, default=None, help="objects per synthesised clip (default: random 1-4)")
+    ap.add_argument("--hfov", type=float, default=None,
+                    help="horizontal field of view of synthesised clips in degrees (default 70; narrower = "
+                         "objects and their motions larger in pixels)")
     ap.add_argument("--out", default="runs/learn", help="output folder")
     ap.add_argument("--sft-config", default="recipes/tiny/sft.yaml")
     ap.add_argument("--cold-config", default="recipes/tiny/cold_start.yaml")
@@ -137,8 +142,9 @@ def main() -> int:
     if args.toy:
         return run_toy(args, out)
     clips = (REPO / args.clips).resolve()
-    if not clips.is_dir() or args.camera_motion or args.num_objects:
-        synth_clips(clips, args.num_clips, args.synth_seed, args.synth_size, args.camera_motion, args.num_objects)
+    if not clips.is_dir() or args.camera_motion or args.num_objects or args.hfov:
+        synth_clips(clips, args.num_clips, args.synth_seed, args.synth_size, args.camera_motion, args.num_objects,
+                    args.hfov)
     data = out / "data"
     run([sys.executable, "-m", "mllm4d_lite", "qa", "--clips", str(clips), "--use-gt", "--out", str(data)])
 
@@ -185,7 +191,7 @@ def main() -> int:
         print(f"cold start: ST-CoT format {summary['eval']['format_rate']:.3f}, acc {summary['eval']['accuracy']:.3f}, "
               f"train {summary['train_s']:.0f} s", flush=True)
 
-    results["setup"] = {"clips": str(clips), "camera_motion": args.camera_motion, "num_objects": args.num_objects, "synth_size": args.synth_size, "bench_questions": len(bench), "train_sft_records": n_sft,
+    results["setup"] = {"clips": str(clips), "camera_motion": args.camera_motion, "num_objects": args.num_objects, "hfov": args.hfov, "synth_size": args.synth_size, "bench_questions": len(bench), "train_sft_records": n_sft,
                         "train_categories": args.train_categories, "sft_config": args.sft_config,
                         "set": args.set, "max_steps": args.max_steps}
     (out / "learning.json").write_text(json.dumps(results, indent=1))
