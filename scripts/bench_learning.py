@@ -22,7 +22,11 @@ Measured on the tiny build v3 (2-core CPU; chance 0.25):
 - 256 clips, ``--max-steps 2000 --set learning_rate=5e-4``: SFT 0.43 vs blind 0.46 (the sighted run
   fits its training clips, loss 0.31 vs 0.57, and does not generalise);
 - 1024 clips (160x120), 2400 steps at lr 5e-4: SFT 0.49 vs blind 0.50 -- the question priors alone
-  reach twice chance. The issue's target (2x chance and blind + 15 points) is not met.
+  reach twice chance;
+- ``--camera-motion static --num-objects 1 --hfov 40 --synth-size 160x120`` (objects and motions ~2x
+  larger in pixels): 256 clips, 600 steps: SFT 0.39 vs blind 0.23 (n = 111); 1024 clips, 1200 steps:
+  SFT 0.35 vs blind 0.40 (n = 359) -- the 256-clip gap does not hold up.
+The issue's target (2x chance and blind + 15 points) is not met.
 
 Writes ``<out>/learning.json`` and prints the table. Clips are generated with
 ``mllm4d synth`` when ``--clips`` does not exist; data with ``mllm4d qa --use-gt``.
