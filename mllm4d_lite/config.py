@@ -142,6 +142,18 @@ def _parse_cli_value(raw: str) -> Any:
         return raw
 
 
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (the bench scripts' ``--set``) -> ``{key: value}``; values parse as
+    on the stage command lines (YAML scalars and lists), dashes in keys become underscores."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip().replace("-", "_")] = _parse_cli_value(raw)
+    return out
+
+
 def make_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """An argparse parser with ``--config`` and one ``--key value`` option per field."""
     parser = argparse.ArgumentParser(

@@ -212,7 +212,7 @@ def _gap(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     two accuracies as independent binomial proportions over their n questions (conservative for
     two models scored on the same questions). |difference| < 2 SE reads as within noise."""
     pa, pb = a["accuracy"] / 100.0, b["accuracy"] / 100.0
-    se = 100.0 * math.sqrt(max(pa * (1 - pa), 0.0) / max(a["n"], 1) + max(pb * (1 - pb), 0.0) / max(b["n"], 1))
+    se = 100.0 * math.sqrt(pa * (1 - pa) / max(a["n"], 1) + pb * (1 - pb) / max(b["n"], 1))
     diff = a["accuracy"] - b["accuracy"]
     return {"a": a["key"], "b": b["key"], "diff_points": round(diff, 2), "se_points": round(se, 2),
             "within_noise": bool(abs(diff) < 2 * se)}

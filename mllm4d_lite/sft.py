@@ -138,15 +138,11 @@ def resolve_lora_targets(model, patterns: Sequence[str], train_merger: bool) -> 
     name). ``train_merger`` adds every Linear of the vision-language merger(s). A pattern that
     matches nothing is an error (the usual silent no-op of vision-tower LoRA), as is ``lm_head``.
     """
-    import torch
-
     linears = [name for name, module in model.named_modules() if name and _is_linear(module)]
-    convs = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv3d)}
     chosen: list[str] = []
     for pattern in patterns:
-        if re.fullmatch(r"[A-Za-z0-9_]+", pattern):
-            hits = [n for n in linears if (n == pattern or n.endswith("." + pattern)) and not _in_vision_tower(n)
-                    and n not in convs]
+        if re.fullmatch(r"[A-Za-z0-9_]+", pattern):  # the Conv3d patch embedding is in the vision tower
+            hits = [n for n in linears if (n == pattern or n.endswith("." + pattern)) and not _in_vision_tower(n)]
         else:
             try:
                 regex = re.compile(pattern)

@@ -18,7 +18,6 @@ last fifth - first fifth >= 0.1, format component ends >= 0.9.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -61,7 +60,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from mllm4d_lite import grpo
-    from mllm4d_lite.config import build_config, load_yaml
+    from mllm4d_lite.config import build_config, load_yaml, parse_overrides
     from mllm4d_lite.sft import SFTConfigKit, train
 
     out = Path(args.out)
@@ -81,11 +80,7 @@ def main() -> int:
     values.update(adapter_init=str(adapter), train_file=str(data / "rft.jsonl"), output_dir=str(out / "grpo"))
     if args.grpo_steps:
         values["max_steps"] = args.grpo_steps
-    for item in args.set:
-        key, _, raw = item.partition("=")
-        import yaml
-
-        values[key] = yaml.safe_load(raw)
+    values.update(parse_overrides(args.set))
     cfg = build_config(grpo.GRPOConfigKit, values, source=args.recipe)
     t1 = time.perf_counter()
     summary = grpo.run(cfg)

@@ -42,7 +42,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -140,7 +139,7 @@ def main() -> int:
                         datefmt="%H:%M:%S")
 
     from mllm4d_lite import sft as S
-    from mllm4d_lite.config import build_config, load_yaml
+    from mllm4d_lite.config import build_config, load_yaml, parse_overrides
 
     out = (REPO / args.out).resolve()
     if args.toy:
@@ -166,12 +165,10 @@ def main() -> int:
     def sft_cfg(name: str, config: str, train_file: Path, **kw):
         values = load_yaml(REPO / config)
         values.update(train_file=str(train_file), output_dir=str(out / name), eval_file=str(out / "bench_direction.json"))
-        for item in args.set:
-            key, _, value = item.partition("=")
-            key = key.strip().replace("-", "_")
-            if key in kw:  # e.g. blind: each run sets it itself, a --set would be silently overridden
-                raise SystemExit(f"--set {key}=... is set by the benchmark itself for each run; drop it")
-            values[key] = yaml.safe_load(value)
+        overrides = parse_overrides(args.set)
+        for key in overrides.keys() & kw.keys():  # e.g. blind: each run sets it, a --set would be overridden
+            raise SystemExit(f"--set {key}=... is set by the benchmark itself for each run; drop it")
+        values.update(overrides)
         values.update(kw)
         return build_config(S.SFTConfigKit, values, config)
 

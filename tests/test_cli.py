@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from mllm4d_lite import cli
-from mllm4d_lite.config import ConfigError, build_config, parse_config
+from mllm4d_lite.config import ConfigError, build_config, parse_config, parse_overrides
 
 
 def run(*args):
@@ -59,3 +59,13 @@ def test_config_rejects_unknown_and_bad_types(tmp_path):
     recipe.write_text("stepz: 20\n")
     with pytest.raises(SystemExit):
         parse_config(_Cfg, ["--config", str(recipe)], prog="t")
+
+
+def test_bench_overrides_parse_like_the_command_line():
+    got = parse_overrides(["learning-rate=0.0005", "lora_target_modules=[q_proj, 'model\\.visual\\.x']",
+                           "blind=true", "model=tiny"])
+    assert got == {"learning_rate": 0.0005, "lora_target_modules": ["q_proj", "model\\.visual\\.x"],
+                   "blind": True, "model": "tiny"}
+    for bad in ("no_equals_sign", "=1"):
+        with pytest.raises(ConfigError, match="KEY=VALUE"):
+            parse_overrides([bad])
