@@ -192,6 +192,9 @@ def parse_config(
     source = "defaults"
     if ns.config:
         values.update(load_yaml(ns.config))
+        # a run's resolved config.yaml (save_resolved) carries provenance under _meta; reusing that
+        # file as a recipe (`--config runs/x/config.yaml`) must work, so _meta is not a setting
+        values.pop("_meta", None)
         source = ns.config
     cli = {k: _parse_cli_value(v) for k, v in vars(ns).items() if k != "config"}
     values.update(cli)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from mllm4d_lite import cli
-from mllm4d_lite.config import ConfigError, build_config, parse_config, parse_overrides
+from mllm4d_lite.config import ConfigError, build_config, parse_config, parse_overrides, save_resolved
 
 
 def run(*args):
@@ -48,6 +48,15 @@ def test_config_precedence(tmp_path):
     recipe.write_text("steps: 20\nlr: 0.001\n")
     cfg = parse_config(_Cfg, ["--config", str(recipe), "--steps", "30", "--use-thing"], prog="t")
     assert cfg == _Cfg(steps=30, lr=0.001, use_thing=True, names=["a"])
+
+
+def test_a_runs_resolved_config_is_a_valid_recipe(tmp_path):
+    """config.yaml as written next to every run (with its _meta provenance) loads back unchanged."""
+    cfg = _Cfg(steps=7, lr=0.002, use_thing=True, names=["x", "y"])
+    path = save_resolved(cfg, tmp_path / "run")
+    assert "_meta" in path.read_text()
+    assert parse_config(_Cfg, ["--config", str(path)], prog="t") == cfg
+    assert parse_config(_Cfg, ["--config", str(path), "--steps", "9"], prog="t").steps == 9
 
 
 def test_config_rejects_unknown_and_bad_types(tmp_path):
