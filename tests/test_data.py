@@ -119,3 +119,29 @@ def test_bad_jsonl_names_the_line(tmp_path):
         D.load_records(path)
     with pytest.raises(D.DataError, match="not found"):
         D.load_records(tmp_path / "missing.jsonl")
+
+
+def test_toy_knobs_travel_size_and_background(tmp_path):
+    """The learning benchmark's toy knobs: the square slides `travel` of the width over the given background."""
+    from mllm4d_lite.video import read_video
+
+    yy, xx = np.mgrid[0:120, 0:160]
+    # a smooth gradient (survives video compression), never as red as the square
+    background = np.stack([xx / 2, 60 + yy / 1.2, np.full_like(xx, 100)], axis=-1).astype(np.uint8)
+    path = D.write_toy_direction_set(tmp_path, num_clips=2, seed=5, width=160, height=120, travel=0.25,
+                                     square=0.15, backgrounds=[background])
+    for record in D.load_records(path):
+        frames, _, _ = read_video(record["video_path"], None)
+        assert frames.shape[1:3] == (120, 160)
+        red = (frames[..., 0].astype(int) > 180) & (frames[..., 1].astype(int) < 110)
+        xs = [np.nonzero(red[t].any(axis=0))[0] for t in (0, -1)]
+        ys = np.nonzero(red[0].any(axis=1))[0]
+        assert abs(len(ys) - 18) <= 2 and abs(len(xs[0]) - 18) <= 2  # side 0.15 * 120
+        shift = xs[1].mean() - xs[0].mean()
+        assert abs(abs(shift) - 40) <= 3  # 0.25 * 160 px
+        assert (shift > 0) == (record["answer"] == "right")
+        away = ~red[0]
+        away[max(ys[0] - 4, 0):ys[-1] + 5] = False  # rows clear of the square (and its compression halo)
+        assert np.abs(frames[0][away].astype(int) - background[away].astype(int)).mean() < 6
+    with pytest.raises(ValueError, match="no room"):
+        D.write_toy_direction_set(tmp_path / "bad", num_clips=1, width=64, height=48, travel=0.9)
