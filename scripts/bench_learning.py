@@ -57,8 +57,9 @@ camera, 40 deg field of view, 168x112 px, 2000-3000 steps; blind 0.455):
 The readout of the random tiny LLM, not the features alone, is what fails on cluttered scenes.
 One lead: a wider, deeper tiny LLM (``build_tiny_model(out, hidden_size=256, num_layers=6)``, then
 ``--set model=<out>``) is the only change that learnt the square over clutter (60 % slide: SFT
-0.64 vs blind 0.53, n = 64, ~3x slower per step); on 1024 default clips (2000 steps, lr 1e-3, one
-run) it trained worse than the default build (loss 0.95, held-out 0.31) -- its lr is untuned.
+0.64 vs blind 0.53, n = 64, ~3x slower per step); on 1024 default clips it stayed below the
+default build's blind control (0.504): 0.31 at lr 1e-3 (2000 steps), 0.44 at 6e-4 and 0.46 at 3e-4
+(1500 steps).
 
 Writes ``<out>/learning.json`` and prints the table. Clips are generated with
 ``mllm4d synth`` when ``--clips`` does not exist; data with ``mllm4d qa --use-gt``.
