@@ -3,6 +3,12 @@
 Decoding goes through decord (the design card's choice) and falls back to PyAV where decord
 is missing or fails to open a file. Frames are RGB uint8 arrays shaped (T, H, W, 3).
 Encoding uses PyAV with H.264 (yuv420p), which decord, PyAV and OpenCV all read.
+
+Import order: a process that will also run torch must import torch *before* its first decode.
+Loading decord first makes torch's later matrix products crash (segmentation fault, after
+"[NVBLAS] CPU Blas library need to be provided"; measured here). The training and evaluation
+stages load the model first; curation never imports torch, so decoding does not import it
+either (it would add ~1 s to every curation worker).
 """
 
 from __future__ import annotations

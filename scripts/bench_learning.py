@@ -117,32 +117,39 @@ def filter_jsonl(src: Path, dst: Path, categories: tuple[str, ...] | None) -> in
     return len(rows)
 
 
+def bench_overrides(items: list[str], reserved) -> dict:
+    """``--set KEY=VALUE`` items as recipe overrides; a key the benchmark sets itself for each run
+    (e.g. ``blind``) is refused, since the run's own value would silently win."""
+    from mllm4d_lite.config import parse_overrides
+
+    overrides = parse_overrides(items)
+    for key in sorted(overrides.keys() & set(reserved)):
+        raise SystemExit(f"--set {key}=... is set by the benchmark itself for each run; drop it")
+    return overrides
+
+
 def run_toy(args, out: Path) -> int:
     """SFT vs blind on the toy set: a bright square slides left or right (4 shuffled options)."""
     from mllm4d_lite import sft as S
-    from mllm4d_lite.config import build_config, load_yaml, parse_overrides
+    from mllm4d_lite.config import build_config, load_yaml
     from mllm4d_lite.data import write_toy_direction_set
 
     width, height = (int(v) for v in args.toy_size.split("x"))
     backgrounds = None
     if args.toy_background == "synth":  # first frames of synthetic clips: a cluttered, structured scene
-        import cv2
+        import torch  # noqa: F401  -- before the first decode (see mllm4d_lite.video: import order)
+
+        from mllm4d_lite.video import read_video
 
         clips = (REPO / args.clips).resolve()
         if not any(clips.glob("*/left.mp4")):
             synth_clips(clips, 64, args.synth_seed, args.toy_size, "static")
-        backgrounds = []
-        for video in sorted(clips.glob("*/left.mp4"))[:256]:
-            ok, frame = cv2.VideoCapture(str(video)).read()
-            if ok:
-                backgrounds.append(frame[:, :, ::-1].copy())
+        backgrounds = [read_video(video, 1)[0][0] for video in sorted(clips.glob("*/left.mp4"))[:256]]
     knobs = dict(width=width, height=height, shuffle_choices=True, travel=args.toy_travel, square=args.toy_square,
                  backgrounds=backgrounds)
     train = write_toy_direction_set(out / "toy_train", args.toy_clips, seed=0, **knobs)
     held = write_toy_direction_set(out / "toy_heldout", 64, seed=1, **knobs)
-    overrides = parse_overrides(args.set)
-    if "blind" in overrides:
-        raise SystemExit("--set blind=... is set by the benchmark itself for each run; drop it")
+    overrides = bench_overrides(args.set, reserved={"blind"})
     results = {"chance": {"accuracy": 0.25}}  # 4 options; the blind control can reach 0.5 (always left or right)
     for name, blind in [("sft", False), ("blind", True)]:
         values = load_yaml(REPO / args.sft_config)
@@ -183,8 +190,8 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=0, help="override the recipe's max_steps (0 = keep)")
     ap.add_argument("--cold-max-steps", type=int, default=0, help="override the cold-start max_steps (0 = keep)")
     ap.add_argument("--toy", action="store_true",
-                    help="instead: the toy left/right set (96 train / 32 held-out clips, shuffled options), "
-                         "a check that the video path carries a learnable signal")
+                    help="instead: the toy left/right set (--toy-clips train / 64 held-out clips, shuffled "
+                         "options), a check that the video path carries a learnable signal")
     ap.add_argument("--toy-size", default="64x48", help="--toy: WIDTHxHEIGHT of the toy clips")
     ap.add_argument("--toy-travel", type=float, default=None,
                     help="--toy: distance the square slides, as a fraction of the width (default: edge to edge)")
@@ -201,7 +208,7 @@ def main() -> int:
                         datefmt="%H:%M:%S")
 
     from mllm4d_lite import sft as S
-    from mllm4d_lite.config import build_config, load_yaml, parse_overrides
+    from mllm4d_lite.config import build_config, load_yaml
 
     out = (REPO / args.out).resolve()
     if args.toy:
@@ -227,10 +234,7 @@ def main() -> int:
     def sft_cfg(name: str, config: str, train_file: Path, **kw):
         values = load_yaml(REPO / config)
         values.update(train_file=str(train_file), output_dir=str(out / name), eval_file=str(out / "bench_direction.json"))
-        overrides = parse_overrides(args.set)
-        for key in overrides.keys() & kw.keys():  # e.g. blind: each run sets it, a --set would be overridden
-            raise SystemExit(f"--set {key}=... is set by the benchmark itself for each run; drop it")
-        values.update(overrides)
+        values.update(bench_overrides(args.set, reserved=kw.keys()))
         values.update(kw)
         return build_config(S.SFTConfigKit, values, config)
 
