@@ -108,6 +108,8 @@ class SceneOptions:
     vignette: float = 0.25           # lens fall-off: brightness 1 - vignette in the image corners
     specular: float = 60.0           # Blinn-Phong highlight on objects (grey levels); 0 = matte
     backdrop_radius_m: float = 20.0  # radius of the cylindrical backdrop around the world origin
+    depth_range_m: tuple[float, float] = (2.5, 7.5)  # objects start this far ahead of the camera
+    travel_range_m: tuple[float, float] = (0.7, 1.6)  # path length of translating / arcing objects
     clip_id: str | None = None       # default synth_s<seed:05d>
 
     def validate(self) -> None:
@@ -125,6 +127,10 @@ class SceneOptions:
             raise ValueError("noise_std, blur_sigma, gain_jitter and specular must be >= 0")
         if not (0 <= self.vignette < 1):
             raise ValueError(f"vignette must be in [0, 1), got {self.vignette}")
+        for name in ("depth_range_m", "travel_range_m"):
+            lo, hi = getattr(self, name)
+            if not (0 < lo <= hi):
+                raise ValueError(f"{name} must be (min, max) with 0 < min <= max, got {(lo, hi)}")
         if self.camera_height_m is not None and not (0.2 <= self.camera_height_m <= 5.0):
             raise ValueError(f"camera_height_m must be in [0.2, 5], got {self.camera_height_m}")
 
@@ -338,7 +344,8 @@ def _sample_dims(rng: np.random.Generator, shape: str) -> tuple[float, float, fl
 
 
 def _object_track(
-    rng: np.random.Generator, motion: str, start_xz: np.ndarray, num_frames: int
+    rng: np.random.Generator, motion: str, start_xz: np.ndarray, num_frames: int,
+    travel_range_m: tuple[float, float] = (0.7, 1.6),
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Footprint positions (N,2) in x-z, yaw (N,), and a motion name with its direction."""
     frac = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
@@ -349,7 +356,7 @@ def _object_track(
         turn = math.radians(float(rng.uniform(40, 120))) * float(rng.choice([-1, 1]))
         name = "turn_left" if turn > 0 else "turn_right"
         return np.repeat(start_xz[None], num_frames, 0), yaw0 + turn * frac, name
-    dist_m = float(rng.uniform(0.7, 1.6))
+    dist_m = float(rng.uniform(*travel_range_m))
     if motion == "translate":
         direction = str(rng.choice(list(DIRECTIONS)))
         ang = math.radians(DIRECTIONS[direction])
@@ -411,9 +418,9 @@ def build_scene(seed: int, num_frames: int, width: int, height: int, fps: float,
         motion = str(rng.choice(OBJECT_MOTIONS[1:])) if i in moving else "static"
         track = None
         for _attempt in range(300):
-            depth = float(rng.uniform(2.5, 7.5))
+            depth = float(rng.uniform(*opts.depth_range_m))
             x = float(rng.uniform(-0.75, 0.75)) * depth * tan_half
-            cand, cyaw, cname = _object_track(rng, motion, np.array([x, depth]), num_frames)
+            cand, cyaw, cname = _object_track(rng, motion, np.array([x, depth]), num_frames, opts.travel_range_m)
             base = np.stack([cand[:, 0], np.full(num_frames, cam_h), cand[:, 1]], 1)
             cen = base.copy()
             cen[:, 1] -= dims[1] / 2
@@ -432,7 +439,7 @@ def build_scene(seed: int, num_frames: int, width: int, height: int, fps: float,
             if motion != "static":
                 motion = "static"
                 for _attempt in range(300):
-                    depth = float(rng.uniform(2.5, 7.5))
+                    depth = float(rng.uniform(*opts.depth_range_m))
                     x = float(rng.uniform(-0.7, 0.7)) * depth * tan_half
                     cand, cyaw, cname = _object_track(rng, "static", np.array([x, depth]), num_frames)
                     if any(np.linalg.norm(cand - t, axis=1).min() < radius + r + 0.15 for t, r in placed):

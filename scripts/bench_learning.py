@@ -87,24 +87,47 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def synth_clips(out: Path, num_clips: int, seed: int, size: str, camera_motion: str | None,
-                num_objects: int | None = None, hfov_deg: float | None = None) -> None:
-    """Render ``num_clips`` synthetic clips (16 frames, 8 fps) with the synth module's own API."""
+def synth_clips(out: Path, num_clips: int, seed: int, size: str, **options) -> None:
+    """Render ``num_clips`` synthetic clips (16 frames, 8 fps) with the synth module's own API;
+    ``options`` are :class:`mllm4d_lite.synth.SceneOptions` fields (None = the generator's default)."""
     from tqdm import tqdm
 
     from mllm4d_lite.clip import save_clip
     from mllm4d_lite.synth import generate_clip
 
     width, height = (int(v) for v in size.split("x"))
+    options = {k: v for k, v in options.items() if v is not None}
     for i in tqdm(range(num_clips), desc="synth clips"):
         if (out / f"synth_s{seed + i:05d}" / "gt.json").is_file():
             continue
-        options = {"camera_motion": camera_motion} if camera_motion else {}
-        if num_objects:
-            options["num_objects"] = num_objects
-        if hfov_deg:
-            options["hfov_deg"] = hfov_deg
         save_clip(generate_clip(seed + i, 16, width, height, 8.0, **options), out, crf=20)
+
+
+def by_answer(eval_json: Path, bench: list[dict]) -> dict[str, dict]:
+    """Accuracy per true answer text and how often each option text was picked: shows whether
+    an SFT gain is direction (left / right / toward / away) or only moving vs still."""
+    truth = {e["id"]: e for e in bench}
+    table: dict[str, dict] = {}
+    for p in json.loads(eval_json.read_text())["predictions"]:
+        e = truth[p["id"]]
+        row = table.setdefault(e["answer"], {"n": 0, "correct": 0.0, "picked": 0})
+        row["n"] += 1
+        row["correct"] += p["score"]
+        picked = e["choices"].get(p.get("extracted") or "", None)
+        if picked is not None:
+            table.setdefault(picked, {"n": 0, "correct": 0.0, "picked": 0})["picked"] += 1
+    return {k: {"n": v["n"], "accuracy": round(v["correct"] / v["n"], 3) if v["n"] else None, "picked": v["picked"]}
+            for k, v in sorted(table.items(), key=lambda kv: -kv[1]["n"])}
+
+
+def _range(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"expected MIN,MAX in metres such as 2.5,3.5, got {text!r}") from None
+    return (lo, hi)
 
 
 def filter_jsonl(src: Path, dst: Path, categories: tuple[str, ...] | None) -> int:
@@ -143,7 +166,7 @@ def run_toy(args, out: Path) -> int:
 
         clips = (REPO / args.clips).resolve()
         if not any(clips.glob("*/left.mp4")):
-            synth_clips(clips, 64, args.synth_seed, args.toy_size, "static")
+            synth_clips(clips, 64, args.synth_seed, args.toy_size, camera_motion="static")
         backgrounds = [read_video(video, 1)[0][0] for video in sorted(clips.glob("*/left.mp4"))[:256]]
     knobs = dict(width=width, height=height, shuffle_choices=True, travel=args.toy_travel, square=args.toy_square,
                  backgrounds=backgrounds)
@@ -182,6 +205,13 @@ def main() -> int:
     ap.add_argument("--hfov", type=float, default=None,
                     help="horizontal field of view of synthesised clips in degrees (default 70; narrower = "
                          "objects and their motions larger in pixels)")
+    ap.add_argument("--camera-height", type=float, default=None,
+                    help="camera height above the ground in metres (default: random 0.9-1.3; lower keeps "
+                         "near objects in a narrow view)")
+    ap.add_argument("--depth-range", default=None, metavar="MIN,MAX",
+                    help="objects start MIN-MAX metres ahead (default 2.5,7.5; nearer = larger in pixels)")
+    ap.add_argument("--travel-range", default=None, metavar="MIN,MAX",
+                    help="path length of moving objects in metres (default 0.7,1.6)")
     ap.add_argument("--out", default="runs/learn", help="output folder")
     ap.add_argument("--sft-config", default="recipes/tiny/sft.yaml")
     ap.add_argument("--cold-config", default="recipes/tiny/cold_start.yaml")
@@ -214,9 +244,11 @@ def main() -> int:
     if args.toy:
         return run_toy(args, out)
     clips = (REPO / args.clips).resolve()
-    if not clips.is_dir() or args.camera_motion or args.num_objects or args.hfov:
-        synth_clips(clips, args.num_clips, args.synth_seed, args.synth_size, args.camera_motion, args.num_objects,
-                    args.hfov)
+    scene = dict(camera_motion=args.camera_motion, num_objects=args.num_objects, hfov_deg=args.hfov,
+                 camera_height_m=args.camera_height, depth_range_m=_range(args.depth_range),
+                 travel_range_m=_range(args.travel_range))
+    if not clips.is_dir() or any(v is not None for v in scene.values()):
+        synth_clips(clips, args.num_clips, args.synth_seed, args.synth_size, **scene)
     data = out / "data"
     run([sys.executable, "-m", "mllm4d_lite", "qa", "--clips", str(clips), "--use-gt", "--out", str(data)])
 
@@ -246,7 +278,8 @@ def main() -> int:
         summary = S.train(sft_cfg(name, args.sft_config, out / "train_sft.jsonl", blind=blind, **over))
         results[name] = {"accuracy": summary["eval"]["accuracy"], "by_category": summary["eval"]["by_category"],
                          "train_seconds": summary["train_s"], "steps": summary["steps"],
-                         "final_loss": summary["final_loss"], "wall_seconds": round(time.perf_counter() - t0, 1)}
+                         "final_loss": summary["final_loss"], "wall_seconds": round(time.perf_counter() - t0, 1),
+                         "by_answer": by_answer(out / name / "eval.json", bench)}
         print(f"{name}: acc {results[name]['accuracy']:.3f} after {summary['steps']} steps, "
               f"train {summary['train_s']:.0f} s", flush=True)
     if not args.skip_cold:
@@ -258,7 +291,8 @@ def main() -> int:
         print(f"cold start: ST-CoT format {summary['eval']['format_rate']:.3f}, acc {summary['eval']['accuracy']:.3f}, "
               f"train {summary['train_s']:.0f} s", flush=True)
 
-    results["setup"] = {"clips": str(clips), "camera_motion": args.camera_motion, "num_objects": args.num_objects, "hfov": args.hfov, "synth_size": args.synth_size, "bench_questions": len(bench), "train_sft_records": n_sft,
+    results["setup"] = {"clips": str(clips), **scene, "synth_size": args.synth_size, "bench_questions": len(bench),
+                        "train_sft_records": n_sft,
                         "train_categories": args.train_categories, "sft_config": args.sft_config,
                         "set": args.set, "max_steps": args.max_steps}
     (out / "learning.json").write_text(json.dumps(results, indent=1))
@@ -267,6 +301,16 @@ def main() -> int:
     for name in ("sft", "blind"):
         if name in results:
             print(f"| {name} | {results[name]['accuracy']:.3f} | {results[name]['train_seconds']:.0f} s |")
+    runs_done = [n for n in ("sft", "blind") if n in results]
+    print("\nper true answer: accuracy (n) / times picked\n| answer | " + " | ".join(runs_done) + " |\n| --- |"
+          + " --- |" * len(runs_done))
+    for answer, row in results["sft"]["by_answer"].items():
+        cells = []
+        for n in runs_done:
+            r = results[n]["by_answer"].get(answer, {})
+            acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.2f} ({r['n']})"
+            cells.append(f"{acc} / {r.get('picked', 0)}")
+        print(f"| {answer} | " + " | ".join(cells) + " |")
     if "cold_start" in results:
         c = results["cold_start"]
         print(f"| cold start (ST-CoT) | {c['accuracy']:.3f} (format {c['format_rate']:.3f}) | {c['train_seconds']:.0f} s |")

@@ -198,6 +198,26 @@ def test_motion_magnitudes_and_ground_contact():
     assert len(counts_moving) >= 3  # counting questions get varied answers
 
 
+def test_depth_and_travel_ranges():
+    """The near/far and path-length knobs (larger objects and motions in pixels for the learning
+    benchmark) hold for every object; the defaults keep the original draws (tiny_data test below)."""
+    opts = SceneOptions(hfov_deg=40.0, num_objects=1, num_moving=1, camera_motion="static", camera_height_m=0.5,
+                        depth_range_m=(2.5, 3.5), travel_range_m=(1.2, 1.8))
+    translated = 0
+    for seed in range(12):
+        scene = build_scene(seed, 16, 160, 120, 8.0, opts)
+        (obj,) = scene.objects
+        c = obj.centers_world()  # static camera at the origin looking along +z
+        assert 2.5 <= c[0, 2] <= 3.5, (seed, c[0])
+        if obj.motion.startswith("translate"):
+            translated += 1
+            assert 1.2 - 1e-9 <= np.linalg.norm(c[-1, [0, 2]] - c[0, [0, 2]]) <= 1.8 + 1e-9
+    assert translated >= 2
+    for bad in ({"depth_range_m": (3.0, 2.0)}, {"travel_range_m": (0.0, 1.0)}):
+        with pytest.raises(ValueError, match="0 < min <= max"):
+            generate_clip(0, 4, 96, 64, **bad)
+
+
 def _bilinear(img, x, y):
     return cv2.remap(img, x.astype(np.float32), y.astype(np.float32), cv2.INTER_LINEAR)
 
