@@ -110,6 +110,8 @@ class SceneOptions:
     backdrop_radius_m: float = 20.0  # radius of the cylindrical backdrop around the world origin
     depth_range_m: tuple[float, float] = (2.5, 7.5)  # objects start this far ahead of the camera
     travel_range_m: tuple[float, float] = (0.7, 1.6)  # path length of translating / arcing objects
+    object_motions: tuple[str, ...] | None = None  # motions a moving object draws from; None = all
+    directions: tuple[str, ...] | None = None  # keys of DIRECTIONS a translation draws from; None = all
     clip_id: str | None = None       # default synth_s<seed:05d>
 
     def validate(self) -> None:
@@ -131,6 +133,12 @@ class SceneOptions:
             lo, hi = getattr(self, name)
             if not (0 < lo <= hi):
                 raise ValueError(f"{name} must be (min, max) with 0 < min <= max, got {(lo, hi)}")
+        if self.object_motions is not None and (not self.object_motions
+                                                or set(self.object_motions) - set(OBJECT_MOTIONS[1:])):
+            raise ValueError(f"object_motions must be a non-empty subset of {list(OBJECT_MOTIONS[1:])}, "
+                             f"got {self.object_motions}")
+        if self.directions is not None and (not self.directions or set(self.directions) - set(DIRECTIONS)):
+            raise ValueError(f"directions must be a non-empty subset of {list(DIRECTIONS)}, got {self.directions}")
         if self.camera_height_m is not None and not (0.2 <= self.camera_height_m <= 5.0):
             raise ValueError(f"camera_height_m must be in [0.2, 5], got {self.camera_height_m}")
 
@@ -345,7 +353,7 @@ def _sample_dims(rng: np.random.Generator, shape: str) -> tuple[float, float, fl
 
 def _object_track(
     rng: np.random.Generator, motion: str, start_xz: np.ndarray, num_frames: int,
-    travel_range_m: tuple[float, float] = (0.7, 1.6),
+    travel_range_m: tuple[float, float] = (0.7, 1.6), directions: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Footprint positions (N,2) in x-z, yaw (N,), and a motion name with its direction."""
     frac = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
@@ -358,7 +366,7 @@ def _object_track(
         return np.repeat(start_xz[None], num_frames, 0), yaw0 + turn * frac, name
     dist_m = float(rng.uniform(*travel_range_m))
     if motion == "translate":
-        direction = str(rng.choice(list(DIRECTIONS)))
+        direction = str(rng.choice(list(directions or DIRECTIONS)))
         ang = math.radians(DIRECTIONS[direction])
         vec = np.array([math.cos(ang), math.sin(ang)])
         return start_xz[None] + dist_m * frac[:, None] * vec[None], np.full(num_frames, yaw0), f"translate_{direction}"
@@ -415,12 +423,13 @@ def build_scene(seed: int, num_frames: int, width: int, height: int, fps: float,
         shape, color = str(shapes[i]), str(colors[i])
         dims = _sample_dims(rng, shape)
         radius = 0.5 * math.hypot(dims[0], dims[2])
-        motion = str(rng.choice(OBJECT_MOTIONS[1:])) if i in moving else "static"
+        motion = str(rng.choice(list(opts.object_motions or OBJECT_MOTIONS[1:]))) if i in moving else "static"
         track = None
         for _attempt in range(300):
             depth = float(rng.uniform(*opts.depth_range_m))
             x = float(rng.uniform(-0.75, 0.75)) * depth * tan_half
-            cand, cyaw, cname = _object_track(rng, motion, np.array([x, depth]), num_frames, opts.travel_range_m)
+            cand, cyaw, cname = _object_track(rng, motion, np.array([x, depth]), num_frames, opts.travel_range_m,
+                                              opts.directions)
             base = np.stack([cand[:, 0], np.full(num_frames, cam_h), cand[:, 1]], 1)
             cen = base.copy()
             cen[:, 1] -= dims[1] / 2

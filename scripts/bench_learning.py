@@ -212,6 +212,10 @@ def main() -> int:
                     help="objects start MIN-MAX metres ahead (default 2.5,7.5; nearer = larger in pixels)")
     ap.add_argument("--travel-range", default=None, metavar="MIN,MAX",
                     help="path length of moving objects in metres (default 0.7,1.6)")
+    ap.add_argument("--object-motions", default=None, metavar="M1,M2",
+                    help="motions a moving object draws from (translate, turn, arc; default all)")
+    ap.add_argument("--directions", default=None, metavar="D1,D2",
+                    help="directions a translation draws from (e.g. left,right; default all eight)")
     ap.add_argument("--out", default="runs/learn", help="output folder")
     ap.add_argument("--sft-config", default="recipes/tiny/sft.yaml")
     ap.add_argument("--cold-config", default="recipes/tiny/cold_start.yaml")
@@ -246,7 +250,9 @@ def main() -> int:
     clips = (REPO / args.clips).resolve()
     scene = dict(camera_motion=args.camera_motion, num_objects=args.num_objects, hfov_deg=args.hfov,
                  camera_height_m=args.camera_height, depth_range_m=_range(args.depth_range),
-                 travel_range_m=_range(args.travel_range))
+                 travel_range_m=_range(args.travel_range),
+                 object_motions=tuple(args.object_motions.split(",")) if args.object_motions else None,
+                 directions=tuple(args.directions.split(",")) if args.directions else None)
     if not clips.is_dir() or any(v is not None for v in scene.values()):
         synth_clips(clips, args.num_clips, args.synth_seed, args.synth_size, **scene)
     data = out / "data"

@@ -216,6 +216,20 @@ def test_depth_and_travel_ranges():
     for bad in ({"depth_range_m": (3.0, 2.0)}, {"travel_range_m": (0.0, 1.0)}):
         with pytest.raises(ValueError, match="0 < min <= max"):
             generate_clip(0, 4, 96, 64, **bad)
+    # lateral translations only: every mover slides left or right (x changes, depth does not)
+    lateral = dataclasses.replace(opts, object_motions=("translate",), directions=("left", "right"))
+    seen = set()
+    for seed in range(8):
+        (obj,) = build_scene(seed, 16, 160, 120, 8.0, lateral).objects
+        assert obj.motion in ("translate_left", "translate_right")
+        c = obj.centers_world()
+        assert abs(c[-1, 2] - c[0, 2]) < 1e-9 and np.sign(c[-1, 0] - c[0, 0]) == (1 if obj.motion.endswith("right") else -1)
+        seen.add(obj.motion)
+    assert len(seen) == 2
+    with pytest.raises(ValueError, match="object_motions"):
+        generate_clip(0, 4, 96, 64, object_motions=("fly",))
+    with pytest.raises(ValueError, match="directions"):
+        generate_clip(0, 4, 96, 64, directions=())
 
 
 def _bilinear(img, x, y):
