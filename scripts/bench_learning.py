@@ -89,6 +89,11 @@ steps, 64 held out; rendered sets: 1024 clips of 160x120, one object, static cam
   steps; with ``--object-motions translate --directions left,right`` 0.43 vs blind 0.45 (left
   0.48, right 0.40, not moving 0.42: chance among three).
 
+A curriculum (``--set adapter_init=<the previous run's sft/adapter>``) carries the readout learnt at
+56x56 px over to 112x84 px (the same square: 1.00 vs blind 0.61 edge to edge, 1.00 vs 0.47 sliding
+37.5 %), but not to the 0.15 square at 168x112 px (0.53 vs 0.47), nor to the rendered left/right
+set (0.42 at 112x84 px; 0.49 vs 0.45 at 56x56 px, blind from the same adapter).
+
 The per-answer table this script prints (accuracy per true answer and times each option was
 picked) is what tells such a gain apart: a model that only tells moving from still can clear the
 blind control on sets where "not moving" is common.
