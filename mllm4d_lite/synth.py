@@ -467,8 +467,11 @@ def build_scene(seed: int, num_frames: int, width: int, height: int, fps: float,
             yaw_rad=cyaw, motion=cname, texture=_object_texture(rng, COLORS[color]),
             texel_m=float(rng.uniform(0.012, 0.018)),
         ))
-    if not objects:  # cannot happen for the first object in an empty scene, but be explicit
-        raise RuntimeError(f"seed {seed}: no object could be placed")
+    if not objects:  # with the default options the first object always fits; narrow views can fail
+        raise ValueError(
+            f"seed {seed}: no object fits in view (hfov_deg {opts.hfov_deg}, depth_range_m {opts.depth_range_m}, "
+            f"camera {cam_h:.2f} m high): near objects fall below a narrow view; widen hfov_deg, lower "
+            "camera_height_m (e.g. 0.5) or move depth_range_m further out")
 
     light = np.array([-0.45, -1.0, -0.55])
     return Scene(

@@ -226,6 +226,8 @@ def test_depth_and_travel_ranges():
         assert abs(c[-1, 2] - c[0, 2]) < 1e-9 and np.sign(c[-1, 0] - c[0, 0]) == (1 if obj.motion.endswith("right") else -1)
         seen.add(obj.motion)
     assert len(seen) == 2
+    with pytest.raises(ValueError, match="lower camera_height_m"):  # near objects below a narrow view
+        build_scene(40126, 16, 160, 120, 8.0, dataclasses.replace(opts, camera_height_m=None, num_moving=None))
     with pytest.raises(ValueError, match="object_motions"):
         generate_clip(0, 4, 96, 64, object_motions=("fly",))
     with pytest.raises(ValueError, match="directions"):
