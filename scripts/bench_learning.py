@@ -94,6 +94,11 @@ A curriculum (``--set adapter_init=<the previous run's sft/adapter>``) carries t
 37.5 %), but not to the 0.15 square at 168x112 px (0.53 vs 0.47), nor to the rendered left/right
 set (0.42 at 112x84 px; 0.49 vs 0.45 at 56x56 px, blind from the same adapter).
 
+Asked the toy's way (one question template, options left / right / up / not moving; a scratch
+rewrite of the rendered left/right set's full-clip questions, 768 records, 56x56 px, 1500 steps):
+SFT 0.30 vs blind 0.32 -- the wording of the curated questions is not what blocks it; the rendered
+objects (textured, shaded, smaller steps between frames than the toy's) are.
+
 The per-answer table this script prints (accuracy per true answer and times each option was
 picked) is what tells such a gain apart: a model that only tells moving from still can clear the
 blind control on sets where "not moving" is common.
