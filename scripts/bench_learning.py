@@ -216,7 +216,7 @@ def run_toy(args, out: Path) -> int:
     held = write_toy_direction_set(out / "toy_heldout", 64, seed=1, **knobs)
     overrides = bench_overrides(args.set, reserved={"blind"})
     results = {"chance": {"accuracy": 0.25}}  # 4 options; the blind control can reach 0.5 (always left or right)
-    for name, blind in [("sft", False), ("blind", True)]:
+    for name, blind in [("sft", False)] + ([] if args.skip_blind else [("blind", True)]):
         values = load_yaml(REPO / args.sft_config)
         values.update(train_file=str(train), eval_file=str(held), output_dir=str(out / name),
                       max_steps=args.max_steps or 400)
@@ -229,7 +229,7 @@ def run_toy(args, out: Path) -> int:
                         "background": args.toy_background, "train_clips": args.toy_clips, "set": args.set}
     (out / "learning_toy.json").write_text(json.dumps(results, indent=1))
     print("\n| toy run | held-out accuracy | train time |\n| --- | --- | --- |")
-    for name in ("chance", "sft", "blind"):
+    for name in [n for n in ("chance", "sft", "blind") if n in results]:
         r = results[name]
         print(f"| {name} | {r['accuracy']:.3f} | {r.get('train_s', 0):.0f} s |")
     return 0
@@ -275,7 +275,7 @@ def main() -> int:
     ap.add_argument("--toy-background", choices=("noise", "synth"), default="noise",
                     help="--toy: uniform noise, or first frames of the synthetic clips in --clips (clutter)")
     ap.add_argument("--toy-clips", type=int, default=96, help="--toy: training clips (64 held out)")
-    ap.add_argument("--skip-blind", action="store_true")
+    ap.add_argument("--skip-blind", action="store_true", help="skip the blind control (synthetic and --toy runs)")
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a recipe value for the SFT runs (repeatable), e.g. --set lora_r=64")
