@@ -96,8 +96,8 @@ set (0.42 at 112x84 px; 0.49 vs 0.45 at 56x56 px, blind from the same adapter).
 
 Asked the toy's way (one question template, options left / right / up / not moving; a scratch
 rewrite of the rendered left/right set's full-clip questions, 768 records, 56x56 px, 1500 steps):
-SFT 0.30 vs blind 0.32 -- the wording of the curated questions is not what blocks it; the rendered
-objects are. Nor is it their rendering: the same left/right scenes without sensor noise, blur,
+SFT 0.30 vs blind 0.32 -- the wording of the curated questions is not what blocks it. Nor is the
+rendering: the same left/right scenes without sensor noise, blur,
 vignette and highlights give 0.43 vs 0.45, and with flat-coloured (untextured) objects on top of
 that 0.27 vs 0.45. What the learnt toy has and these do not is a slide from one edge to the
 other (a square that starts at an edge tells its direction in the first frame already): with a
