@@ -89,6 +89,11 @@ steps, 64 held out; rendered sets: 1024 clips of 160x120, one object, static cam
   steps; with ``--object-motions translate --directions left,right`` 0.43 vs blind 0.45 (left
   0.48, right 0.40, not moving 0.42: chance among three).
 
+Rope theta 1.5 (every M-RoPE axis rotates at least 0.25 rad per token) learns the default square
+sliding 60 % at 168x112 px (0.70 vs blind 0.23; theta 3: 0.30 vs 0.55, v3's theta 10: 0.47 vs
+0.48), but its blind run does not even learn the question priors, and on the rendered left/right
+set at 168x112 px it stays at chance (0.25).
+
 A curriculum (``--set adapter_init=<the previous run's sft/adapter>``) carries the readout learnt at
 56x56 px over to 112x84 px (the same square: 1.00 vs blind 0.61 edge to edge, 1.00 vs 0.47 sliding
 37.5 %), but not to the 0.15 square at 168x112 px (0.53 vs 0.47), nor to the rendered left/right
