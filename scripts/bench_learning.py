@@ -72,7 +72,9 @@ steps, 64 held out; rendered sets: 1024 clips of 160x120, one object, static cam
 - the default square (a third of the height) sliding edge to edge is learnt only when the clip is
   seen at 56x56 px, i.e. 2x2 visual tokens per frame pair: 64x48 clips 1.00 vs blind 0.42; 128x96
   (112x84 px) 0.56 vs 0.58; 160x120 at 168x112 px 0.47 vs 0.48; at 64x48 sliding 30 % of the width
-  0.48 vs 0.48, and a square of 0.15 of the height sliding 60 % 0.42 vs 0.48;
+  0.48 vs 0.48, 50 % 0.45 vs 0.48, 60 % 0.47 vs 0.48 (edge to edge is 75 %: only a square that
+  starts at an edge, whose first position gives the direction away, is learnt), and a square of
+  0.15 of the height sliding 60 % 0.42 vs 0.48;
 - the 0.15 square sliding 60 % at 168x112 px with other tiny builds (scratch scripts): full
   fine-tuning of the LLM and merger instead of LoRA 0.48 (training loss 0.26: it fits the clips
   and does not generalise), spatial merge 4 (3x2 tokens) 0.44 vs 0.52, rope theta 3 0.39 vs 0.55,
