@@ -99,7 +99,9 @@ set at 168x112 px it stays at chance (0.25).
 A curriculum (``--set adapter_init=<the previous run's sft/adapter>``) turns that into a motion
 readout: from the edge-to-edge adapter, 600 more steps at 56x56 px on 50 % and 30 % slides (random
 start positions) give 0.98 and 0.95 vs blind 0.53, where the same sets from scratch stay at the blind
-level. It also carries the readout learnt at 56x56 px over to 112x84 px (the same square: 1.00 vs blind 0.61 edge to edge, 1.00 vs 0.47 sliding
+level. That readout does not reach the rendered objects: on the rendered left/right set at 56x56 px
+from the 30 % adapter, 0.28 vs blind 0.31 (1500 steps), and asked the toy's way 0.27 without
+further training (it answers "right" to almost everything) and 0.30 after 600 steps at lr 2e-4. It also carries the readout learnt at 56x56 px over to 112x84 px (the same square: 1.00 vs blind 0.61 edge to edge, 1.00 vs 0.47 sliding
 37.5 %), but not to the 0.15 square at 168x112 px (0.53 vs 0.47), nor to the rendered left/right
 set (0.42 at 112x84 px; 0.49 vs 0.45 at 56x56 px, blind from the same adapter).
 
