@@ -353,7 +353,7 @@ def _sample_dims(rng: np.random.Generator, shape: str) -> tuple[float, float, fl
 
 def _object_track(
     rng: np.random.Generator, motion: str, start_xz: np.ndarray, num_frames: int,
-    travel_range_m: tuple[float, float] = (0.7, 1.6), directions: Sequence[str] | None = None,
+    travel_range_m: tuple[float, float] = SceneOptions.travel_range_m, directions: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Footprint positions (N,2) in x-z, yaw (N,), and a motion name with its direction."""
     frac = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)

@@ -367,7 +367,7 @@ def main() -> int:
     runs_done = [n for n in ("sft", "blind") if n in results]
     print("\nper true answer: accuracy (n) / times picked\n| answer | " + " | ".join(runs_done) + " |\n| --- |"
           + " --- |" * len(runs_done))
-    for answer, row in results["sft"]["by_answer"].items():
+    for answer in results["sft"]["by_answer"]:
         cells = []
         for n in runs_done:
             r = results[n]["by_answer"].get(answer, {})
