@@ -267,11 +267,14 @@ def build_processor(family: str, tokenizer, max_pixels: int = 112 * 112, min_pix
 
 
 def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int = 0, hidden_size: int = 128,
-                     num_layers: int = 4, max_pixels: int = 112 * 112, final_norm_gain: float = 2.0) -> Path:
+                     num_layers: int = 4, max_pixels: int = 112 * 112, final_norm_gain: float = 2.0,
+                     vision: str = "random") -> Path:
     """Build, save and return the folder of a randomly initialised tiny Qwen-VL + processor.
 
     Deterministic from ``seed``. Loadable with ``AutoModelForImageTextToText.from_pretrained`` and
-    ``AutoProcessor.from_pretrained``; never touches the network.
+    ``AutoProcessor.from_pretrained``; never touches the network. ``vision="motion"`` then gives
+    the (frozen) vision tower a fixed motion front end (:func:`motion_vision_tower`); the LLM is
+    the same random one.
     """
     import torch
     from transformers import AutoModelForImageTextToText
@@ -289,6 +292,10 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
     # that range; the same runs then reach a loss of 0.64-0.70.
     with torch.no_grad():
         model.model.language_model.norm.weight.fill_(final_norm_gain)
+    if vision == "motion":
+        motion_vision_tower(model)
+    elif vision != "random":
+        raise ModelSetupError(f"unknown tiny vision tower {vision!r}; use one of {list(TINY_VISION)}")
     model.generation_config.eos_token_id = token_ids["<|im_end|>"]
     model.generation_config.pad_token_id = token_ids["<|endoftext|>"]
     model.generation_config.do_sample = False
@@ -303,7 +310,7 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
     (tmp / "TINY_MODEL.txt").write_text(
         f"Randomly initialised tiny {family} model built offline by mllm4d_lite.model.build_tiny_model "
         f"(seed {seed}, hidden {hidden_size}, layers {num_layers}, final norm gain {final_norm_gain}, "
-        f"build {TINY_BUILD_VERSION}). Not a pretrained model.\n"
+        f"vision tower {vision}, build {TINY_BUILD_VERSION}). Not a pretrained model.\n"
     )
     if out_dir.exists():
         import shutil
@@ -315,18 +322,78 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
     return out_dir
 
 
-def tiny_model_dir(family: str = "qwen2.5-vl", root: str | Path = "runs/tiny_model", seed: int = 0) -> Path:
-    """The cached tiny model folder for ``family``, built on first use."""
-    path = Path(root) / f"{family}-seed{seed}-{TINY_BUILD_VERSION}"
+def motion_vision_tower(model) -> None:
+    """Give a tiny Qwen2.5-VL's vision tower a fixed (not trained) motion front end, in place.
+
+    The random tower hides what moves where: with it the tiny LLM does not learn which way a
+    rendered object moves, while from the same clips' per-token object masks it does (see
+    ``scripts/bench_learning.py``). A real Qwen-VL brings a pretrained tower; offline we build
+    one that passes on change over time. The patch embedding becomes a low-frequency 2D DCT basis
+    (per colour channel: the 3x3 lowest frequencies; on the grey level: 5 more) applied to the sum
+    (x 0.1) and to the difference (x 3) of each temporal patch's two frames, and the vision blocks'
+    residual branches are damped (x 0.1): wherever the two frames of a pair differ, the
+    frame-difference coefficients dominate a token's features (the merger's LayerNorm rescales
+    each token, so static content still passes on). Nothing is trained. Only the tiny build's
+    vision hidden size of 64 fits the 64 filters.
+    """
+    import torch
+
+    proj = model.model.visual.patch_embed.proj
+    weight = proj.weight  # (hidden, 3, temporal 2, P, P)
+    hidden, size = weight.shape[0], weight.shape[-1]
+    x = np.arange(size)
+
+    def cosine(u: int) -> np.ndarray:
+        v = np.cos(np.pi * (x + 0.5) * u / size)
+        return v / np.linalg.norm(v)
+
+    pair_sum, pair_diff = np.array([1.0, 1.0]) / np.sqrt(2), np.array([1.0, -1.0]) / np.sqrt(2)
+    filters, is_diff = [], []
+    for channel in range(3):
+        for temporal, diff in ((pair_sum, False), (pair_diff, True)):
+            for u in range(3):
+                for v in range(3):
+                    f = np.zeros((3, 2, size, size))
+                    f[channel] = temporal[:, None, None] * np.outer(cosine(u), cosine(v))[None]
+                    filters.append(f)
+                    is_diff.append(diff)
+    for temporal, diff in ((pair_sum, False), (pair_diff, True)):
+        for u, v in ((0, 3), (3, 0), (1, 3), (3, 1), (3, 3)):
+            f = np.zeros((3, 2, size, size))
+            f[:] = temporal[:, None, None] * np.outer(cosine(u), cosine(v))[None] / np.sqrt(3)
+            filters.append(f)
+            is_diff.append(diff)
+    if hidden != len(filters) or weight.shape[1:3] != (3, 2):
+        raise ModelSetupError(f"the motion tower needs a vision hidden size of {len(filters)} and temporal patches "
+                              f"of 2 frames, got {tuple(weight.shape)}")
+    scale = torch.tensor([3.0 if d else 0.1 for d in is_diff], dtype=weight.dtype)[:, None, None, None, None]
+    with torch.no_grad():
+        weight.copy_(torch.tensor(np.stack(filters), dtype=weight.dtype) * scale)
+        for block in model.model.visual.blocks:
+            block.attn.proj.weight.mul_(0.1)
+            block.mlp.down_proj.weight.mul_(0.1)
+
+
+TINY_VISION = ("random", "motion")
+
+
+def tiny_model_dir(family: str = "qwen2.5-vl", root: str | Path = "runs/tiny_model", seed: int = 0,
+                   vision: str = "random") -> Path:
+    """The cached tiny model folder for ``family`` (and vision tower), built on first use."""
+    suffix = "" if vision == "random" else f"-{vision}"
+    path = Path(root) / f"{family}-seed{seed}-{TINY_BUILD_VERSION}{suffix}"
     if not (path / "config.json").is_file():
-        build_tiny_model(path, family=family, seed=seed)
+        build_tiny_model(path, family=family, seed=seed, vision=vision)
     return path
 
 
 def resolve_model_name(name: str) -> str:
-    """``tiny`` / ``tiny-qwen2.5-vl`` / ``tiny-qwen3-vl`` -> the cached tiny folder; else as given."""
+    """``tiny`` / ``tiny-qwen2.5-vl`` / ``tiny-qwen3-vl`` -> the cached tiny folder, ``tiny-motion``
+    -> the tiny Qwen2.5-VL with the motion vision tower (:func:`motion_vision_tower`); else as given."""
     if name in ("tiny", "tiny-qwen2.5-vl"):
         return str(tiny_model_dir("qwen2.5-vl"))
+    if name == "tiny-motion":
+        return str(tiny_model_dir("qwen2.5-vl", vision="motion"))
     if name == "tiny-qwen3-vl":
         return str(tiny_model_dir("qwen3-vl"))
     return name

@@ -84,7 +84,10 @@ category count (``qa_balance_train``; the summary reports unique questions and r
 
 Multiple choice: 4 options; the right answer's letter is assigned by a seeded round-robin over
 shuffled blocks of A-D within each split (exact balance), the distractors fill the other letters
-in random order; ``answer`` is the TEXT of the right choice (VLM4D convention).
+in random order; ``answer`` is the TEXT of the right choice (VLM4D convention). With
+``qa_option_order: fixed`` the four options are listed in one canonical order instead (left,
+right, towards, away, not moving, ...): the tiny random model cannot learn to look up a shuffled
+letter (see ``scripts/bench_learning.py``).
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ class QAConfig:
     qa_max_answer_share: float = field(default=0.5, metadata={"help": "per split and multiple-choice category, drop seeded questions of the most common answer until it is at most this share (1 = keep all); false positives exempt"})
     qa_numeric: bool = field(default=True, metadata={"help": "include numeric (metres) questions"})
     qa_balance_train: bool = field(default=True, metadata={"help": "repeat under-represented categories in the training split with other phrasings, up to the median category count"})
+    qa_option_order: str = field(default="balanced", metadata={"help": "balanced: the right answer's letter cycles through shuffled A-D blocks (VLM4D style); fixed: options listed in one canonical order (left, right, towards, away, not moving, ...), for the tiny random model, which cannot learn a shuffled letter lookup"})
     qa_absent_labels: list[str] = field(default_factory=lambda: list(DEFAULT_ABSENT_LABELS), metadata={"help": "labels for false-positive questions (those present in a clip are skipped)"})
 
     def validate(self) -> None:
@@ -178,6 +182,8 @@ class QAConfig:
             raise ConfigError(f"qa_direction_margin_deg must be in [0, 45), got {self.qa_direction_margin_deg}")
         if not 0.25 <= self.qa_max_answer_share <= 1.0:
             raise ConfigError(f"qa_max_answer_share must be in [0.25, 1], got {self.qa_max_answer_share}")
+        if self.qa_option_order not in OPTION_ORDERS:
+            raise ConfigError(f"qa_option_order must be one of {list(OPTION_ORDERS)}, got {self.qa_option_order!r}")
         if self.qa_max_per_category_per_clip < 1:
             raise ConfigError(f"qa_max_per_category_per_clip must be >= 1, got {self.qa_max_per_category_per_clip}")
 
@@ -442,6 +448,11 @@ CAMERA_TURN_TEXT = {"cw": "turning right", "ccw": "turning left", "none": "not t
 ROTATION_TEXT = {"cw": "clockwise", "ccw": "counter-clockwise", "none": "not rotating"}
 PAIR_TEXT = {"decrease": "they get closer together", "increase": "they move farther apart",
              "same": "their distance stays about the same"}
+OPTION_ORDERS = ("balanced", "fixed")
+# The canonical option order of ``qa_option_order: fixed`` (duplicates keep their first place).
+CANONICAL_OPTIONS = list(dict.fromkeys(
+    v for d in (OBJECT_DIRECTION_TEXT, CAMERA_DIRECTION_TEXT, APPROACH_TEXT, CAMERA_TURN_TEXT, ROTATION_TEXT, PAIR_TEXT)
+    for v in d.values()))
 COUNT_PREDICATES = {  # predicate key -> (phrase, test on a translation label)
     "left": "moving to the left", "right": "moving to the right",
     "towards": "moving towards the camera", "away": "moving away from the camera",
@@ -972,9 +983,24 @@ def _matches(template: str, text: str) -> bool:
     return text.startswith(head) and text.endswith(tail)
 
 
+def _option_rank(text: str) -> tuple[int, str]:
+    """Place of an option text in the canonical order of ``qa_option_order: fixed``: the answer
+    vocabularies in the order they are defined here (left, right, towards, away, not moving, ...),
+    then anything else (absent-object options, numbers) alphabetically."""
+    return (CANONICAL_OPTIONS.index(text), "") if text in CANONICAL_OPTIONS else (len(CANONICAL_OPTIONS), text)
+
+
 def _assign_letters(questions: list[Question], cfg: QAConfig, split: str) -> list[dict[str, str] | None]:
     """Choices per question: the answer's letter cycles through seeded shuffled blocks of A-D (exact
-    balance within a split), distractors fill the remaining letters in random order."""
+    balance within a split), distractors fill the remaining letters in random order.
+
+    ``qa_option_order: fixed`` lists the same four options in the canonical order instead
+    (:func:`_option_rank`): a letter then follows from the answer and its distractors alone, so the
+    letters are no longer balanced (the blind control sees the same order)."""
+    if cfg.qa_option_order == "fixed":
+        return [None if q.question_type == "numeric" else
+                dict(zip(prompts.LETTERS, sorted([q.answer, *q.distractors], key=_option_rank)))
+                for q in questions]
     rng = random.Random(f"{cfg.qa_seed}|letters|{split}")
     block: list[str] = []
     out: list[dict[str, str] | None] = []

@@ -273,6 +273,9 @@ def main() -> int:
                     help="motions a moving object draws from (translate, turn, arc; default all)")
     ap.add_argument("--directions", default=None, metavar="D1,D2",
                     help="directions a translation draws from (e.g. left,right; default all eight)")
+    ap.add_argument("--option-order", choices=("balanced", "fixed"), default="balanced",
+                    help="qa_option_order of the generated questions: balanced (shuffled letters, VLM4D style) or "
+                         "fixed (one canonical option order; the tiny random LLM cannot learn a shuffled letter lookup)")
     ap.add_argument("--out", default="runs/learn", help="output folder")
     ap.add_argument("--sft-config", default="recipes/tiny/sft.yaml")
     ap.add_argument("--cold-config", default="recipes/tiny/cold_start.yaml")
@@ -313,7 +316,8 @@ def main() -> int:
     if not clips.is_dir() or any(v is not None for v in scene.values()):
         synth_clips(clips, args.num_clips, args.synth_seed, args.synth_size, **scene)
     data = out / "data"
-    run([sys.executable, "-m", "mllm4d_lite", "qa", "--clips", str(clips), "--use-gt", "--out", str(data)])
+    run([sys.executable, "-m", "mllm4d_lite", "qa", "--clips", str(clips), "--use-gt", "--out", str(data),
+         "--qa-option-order", args.option_order])
 
     cats = DIRECTION_CATEGORIES if args.train_categories == "direction" else None
     n_sft = filter_jsonl(data / "sft.jsonl", out / "train_sft.jsonl", cats)
@@ -357,6 +361,7 @@ def main() -> int:
     results["setup"] = {"clips": str(clips), **scene, "synth_size": args.synth_size, "bench_questions": len(bench),
                         "train_sft_records": n_sft,
                         "train_categories": args.train_categories, "sft_config": args.sft_config,
+                        "option_order": args.option_order,
                         "set": args.set, "max_steps": args.max_steps}
     (out / "learning.json").write_text(json.dumps(results, indent=1))
     print("\n| run | held-out direction accuracy | train time |\n| --- | --- | --- |")

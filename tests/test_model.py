@@ -56,6 +56,51 @@ def test_build_is_deterministic(tmp_path):
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
 
 
+def test_motion_vision_tower(tmp_path, tiny_qwen25):
+    """vision='motion': only the patch embedding and the vision blocks' output projections differ
+    from the random build, and the tower's tokens answer to change between frames, not to a
+    static picture."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = M.build_tiny_model(tmp_path / "motion", vision="motion")
+    assert "vision tower motion" in (path / "TINY_MODEL.txt").read_text()
+    w_rand, w_mot = load_file(tiny_qwen25 / "model.safetensors"), load_file(path / "model.safetensors")
+    changed = {k for k in w_rand if not torch.equal(w_rand[k], w_mot[k])}
+    assert changed == {"visual.patch_embed.proj.weight"} | {f"visual.blocks.{i}.{n}.weight" for i in range(2)
+                                                            for n in ("attn.proj", "mlp.down_proj")}
+    filt = w_mot["visual.patch_embed.proj.weight"].flatten(1)
+    gram = filt @ filt.T  # orthogonal DCT filters: 32 on the frame difference (norm 3), 32 on the sum (0.1)
+    assert torch.allclose(gram, torch.diag(torch.diag(gram)), atol=1e-5)
+    assert sorted(torch.diag(gram).sqrt().tolist()) == pytest.approx([0.1] * 32 + [3.0] * 32, rel=1e-5)
+
+    net = AutoModelForImageTextToText.from_pretrained(path).eval()
+    proc = AutoProcessor.from_pretrained(path)
+    rng = np.random.default_rng(0)
+    background = rng.integers(60, 140, (112, 112, 3), dtype=np.uint8)
+    static = np.repeat(background[None], 8, axis=0)
+    moving = static.copy()
+    for t in range(8):  # a bright square moving 2 px per frame
+        moving[t, 10:40, 6 + 2 * t:36 + 2 * t] = (250, 40, 40)
+    meta = {"fps": 8.0, "frames_indices": list(range(8)), "total_num_frames": 8, "duration": 1.0}
+    w = net.model.visual.patch_embed.proj.weight
+    is_diff = (w[:, :, 0] * w[:, :, 1]).sum(dim=(1, 2, 3)) < 0  # filters on frame 2 - frame 1
+
+    def embed(frames):
+        enc = proc(text=["<|vision_start|><|video_pad|><|vision_end|>"], return_tensors="pt",
+                   **M.video_kwargs(proc, [(frames, meta)]))
+        with torch.no_grad():
+            return net.model.visual.patch_embed(enc["pixel_values_videos"])
+
+    still, move = embed(static), embed(moving)
+    assert int(is_diff.sum()) == 32
+    assert still[:, is_diff].abs().max() < 1e-4 and still[:, ~is_diff].abs().max() > 0.1
+    energy = move[:, is_diff].norm(dim=1)  # per 14x14 patch: large only where the square's edges pass
+    assert (energy > 1.0).sum() > 0 and (energy > 1.0).float().mean() < 0.25
+    crossed = energy > 1.0
+    assert (move[crossed][:, is_diff].norm(dim=1) > move[crossed][:, ~is_diff].norm(dim=1)).all()
+
+
 def test_reload_gives_identical_logits(tiny_qwen25, random_video):
     net1, proc = M.load_model_and_processor(str(tiny_qwen25))
     net2, _ = M.load_model_and_processor(str(tiny_qwen25))

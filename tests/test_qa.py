@@ -346,6 +346,37 @@ def test_build_datasets_is_deterministic(tmp_path):
     assert (tmp_path / "a" / "sft.jsonl").read_text() != (tmp_path / "c" / "sft.jsonl").read_text()
 
 
+def test_fixed_option_order(tmp_path):
+    """qa_option_order fixed: the same questions and option sets, listed in the canonical order."""
+    rng = random.Random(2)
+    anns = [random_scene(i, rng) for i in range(12)]
+    qa.build_datasets(anns, tmp_path / "bal", QAConfig())
+    qa.build_datasets(anns, tmp_path / "fix", QAConfig(qa_option_order="fixed"))
+    bal = {r["id"]: r for r in map(json.loads, (tmp_path / "bal" / "sft.jsonl").read_text().splitlines())}
+    fix = [json.loads(l) for l in (tmp_path / "fix" / "sft.jsonl").read_text().splitlines()]
+    assert len(fix) == len(bal)
+    mc = [r for r in fix if r["question_type"] == "multiple-choice"]
+    assert mc
+    moved = 0
+    for r in fix:
+        b = bal[r["id"]]
+        assert (r["question"], r["answer"]) == (b["question"], b["answer"])
+        if r["choices"] is None:
+            assert b["choices"] is None
+            continue
+        assert sorted(r["choices"].values()) == sorted(b["choices"].values())
+        texts = [r["choices"][lt] for lt in "ABCD"]
+        assert texts == sorted(texts, key=qa._option_rank)
+        assert r["choices"][r["answer_letter"]] == r["answer"] and r["response"] == r["answer_letter"]
+        assert r["prompt"] == prompts.direct_prompt(r["question"], r["choices"])
+        moved += r["choices"] != b["choices"]
+    assert moved > len(mc) // 2
+    # the canonical order puts direction words first: "left" is A wherever it is an option
+    assert all(r["choices"]["A"] == "left" for r in mc if "left" in r["choices"].values())
+    with pytest.raises(qa.ConfigError, match="qa_option_order"):
+        QAConfig(qa_option_order="sorted").validate()
+
+
 def test_bad_annotation_errors(tmp_path):
     ann = make_ann(objects=[{"label": "red cube", "start": [0, 0, 4], "end": [1, 0, 4]}])
     bad = dict(ann, camera_centers=ann["camera_centers"][:-1])
