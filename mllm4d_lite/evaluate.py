@@ -226,7 +226,7 @@ def _score_main(argv: Sequence[str]) -> int:
 class EvalRunConfig:
     """Options of ``mllm4d eval run``."""
 
-    model: str = field(default="tiny", metadata={"help": "tiny | tiny-qwen3-vl | model folder | hub name"})
+    model: str = field(default="tiny", metadata={"help": "tiny | tiny-motion | tiny-qwen3-vl | model folder | hub name"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (sft / grpo output)"})
     bench: str = field(default="", metadata={"help": "VLM4D-format benchmark file (JSON list or JSONL)"})
     video_root: str | None = field(default=None, metadata={

@@ -64,7 +64,7 @@ _REWARD_METRIC = {"format": "format_reward", "accuracy": "accuracy_reward", "cam
 class GRPOConfigKit:
     """Options of ``mllm4d grpo`` (defaults = the tiny CPU profile)."""
 
-    model: str = field(default="tiny", metadata={"help": "tiny | tiny-qwen3-vl | model folder | hub name"})
+    model: str = field(default="tiny", metadata={"help": "tiny | tiny-motion | tiny-qwen3-vl | model folder | hub name"})
     adapter_init: str | None = field(default=None, metadata={
         "help": "cold-start adapter folder to continue training (KL reference = a frozen copy of it); "
                 "none = fresh LoRA, reference = base model"})

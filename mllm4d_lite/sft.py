@@ -38,7 +38,7 @@ LLM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 class SFTConfigKit:
     """Options of ``mllm4d sft`` (SFT and cold start)."""
 
-    model: str = field(default="tiny", metadata={"help": "tiny | tiny-qwen3-vl | model folder | hub name"})
+    model: str = field(default="tiny", metadata={"help": "tiny | tiny-motion | tiny-qwen3-vl | model folder | hub name"})
     adapter_init: str | None = field(default=None, metadata={
         "help": "start from this LoRA adapter folder and keep training it (cold start: the SFT adapter)"})
     train_file: str = field(default="runs/demo/data/sft.jsonl", metadata={"help": "sft.jsonl or cot.jsonl"})
