@@ -280,6 +280,10 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
     from transformers import AutoModelForImageTextToText
 
     out_dir = Path(out_dir)
+    if vision not in TINY_VISION:
+        raise ModelSetupError(f"unknown tiny vision tower {vision!r}; use one of {list(TINY_VISION)}")
+    if vision == "motion" and family != "qwen2.5-vl":
+        raise ModelSetupError(f"the motion vision tower is built for the tiny qwen2.5-vl only, not {family!r}")
     tokenizer = build_tokenizer()
     token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = tiny_config(family, len(tokenizer), token_ids, hidden_size=hidden_size, num_layers=num_layers)
@@ -294,8 +298,6 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
         model.model.language_model.norm.weight.fill_(final_norm_gain)
     if vision == "motion":
         motion_vision_tower(model)
-    elif vision != "random":
-        raise ModelSetupError(f"unknown tiny vision tower {vision!r}; use one of {list(TINY_VISION)}")
     model.generation_config.eos_token_id = token_ids["<|im_end|>"]
     model.generation_config.pad_token_id = token_ids["<|endoftext|>"]
     model.generation_config.do_sample = False

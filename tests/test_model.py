@@ -63,6 +63,10 @@ def test_motion_vision_tower(tmp_path, tiny_qwen25):
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    with pytest.raises(M.ModelSetupError, match="qwen2.5-vl only"):
+        M.build_tiny_model(tmp_path / "q3", family="qwen3-vl", vision="motion")
+    with pytest.raises(M.ModelSetupError, match="unknown tiny vision"):
+        M.build_tiny_model(tmp_path / "x", vision="flow")
     path = M.build_tiny_model(tmp_path / "motion", vision="motion")
     assert "vision tower motion" in (path / "TINY_MODEL.txt").read_text()
     w_rand, w_mot = load_file(tiny_qwen25 / "model.safetensors"), load_file(path / "model.safetensors")
