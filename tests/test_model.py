@@ -67,7 +67,8 @@ def test_motion_vision_tower(tmp_path, tiny_qwen25):
         M.build_tiny_model(tmp_path / "q3", family="qwen3-vl", vision="motion")
     with pytest.raises(M.ModelSetupError, match="unknown tiny vision"):
         M.build_tiny_model(tmp_path / "x", vision="flow")
-    path = M.build_tiny_model(tmp_path / "motion", vision="motion")
+    path = M.tiny_model_dir("qwen2.5-vl", root=tmp_path, vision="motion")  # what model: tiny-motion loads
+    assert path.name == f"qwen2.5-vl-seed0-{M.TINY_BUILD_VERSION}-motion"
     assert "vision tower motion" in (path / "TINY_MODEL.txt").read_text()
     w_rand, w_mot = load_file(tiny_qwen25 / "model.safetensors"), load_file(path / "model.safetensors")
     changed = {k for k in w_rand if not torch.equal(w_rand[k], w_mot[k])}
