@@ -21,11 +21,11 @@ held-out replies that follow the ST-CoT format (both tags, both centres) is repo
         --num-clips 1024 --synth-size 160x120 --camera-motion static --num-objects 1 --hfov 40 \
         --camera-height 0.5 --depth-range 2.5,3.5 --travel-range 1.2,1.8 --set max_pixels=3136 \
         --max-steps 1500 --skip-cold                                 # near objects, long slides (~12 min)
-    .venv/bin/python scripts/bench_learning.py --clips runs/learn_lat/clips --out runs/learn_lat \
-        --synth-seed 50000 --num-clips 1024 --synth-size 160x120 --camera-motion static --num-objects 1 \
-        --hfov 40 --camera-height 0.5 --depth-range 2.5,3.5 --travel-range 1.2,1.8 \
-        --object-motions translate --directions left,right \
-        --option-order fixed --set model=tiny-motion --max-steps 1500   # the target met (~20 min in all)
+    .venv/bin/python scripts/bench_learning.py --preset lateral     # the target met (~20 min in all)
+    # = --clips runs/learn_lat/clips --out runs/learn_lat --synth-seed 50000 --num-clips 1024
+    #   --synth-size 160x120 --camera-motion static --num-objects 1 --hfov 40 --camera-height 0.5
+    #   --depth-range 2.5,3.5 --travel-range 1.2,1.8 --object-motions translate --directions left,right
+    #   --option-order fixed --set model=tiny-motion --max-steps 1500
 
 What it took (the issue's target: SFT >= 2x chance and >= blind + 15 points within 10 min of
 training). The last command above: 1024 clips of one object sliding left or right (or standing
@@ -34,6 +34,11 @@ still in a phase) in front of a static camera, 769 held-out direction questions,
     SFT 0.848 vs blind 0.498 (1500 steps, 210 s of training)                      -> PASS
     another draw (--synth-seed 60000): SFT 0.811 vs blind 0.584 (190 s)           -> PASS
     the first 256 / 64 of the clips: 0.829 vs 0.513 (n = 193) / 0.837 vs 0.465 (n = 43)
+    a re-run of the first line (--preset lateral, same clips): SFT 0.927 vs blind 0.498
+
+The sighted runs are not bit-reproducible (the re-run's loss differs from step 50: 2.834 vs
+2.829), while the blind ones are (0.498 both times): something on the video path varies from run
+to run (not yet tracked down).
 
 Per true answer (SFT / blind): not moving 1.00 / 1.00, left 1.00 / 0.35, right 0.52 / 0.08 (the
 other draw: 0.98 / 0.86, 0.87 / 0.53, 0.52 / 0.26). Moving vs still is learnt fully and the
@@ -295,8 +300,35 @@ def run_toy(args, out: Path) -> int:
     return 0
 
 
-def main() -> int:
+# ``--preset lateral``: the setting that meets the learning target (see the module docstring).
+PRESETS = {
+    "lateral": dict(clips="runs/learn_lat/clips", out="runs/learn_lat", synth_seed=50000, num_clips=1024,
+                    synth_size="160x120", camera_motion="static", num_objects=1, hfov=40.0, camera_height=0.5,
+                    depth_range="2.5,3.5", travel_range="1.2,1.8", object_motions="translate",
+                    directions="left,right", option_order="fixed", max_steps=1500, model="tiny-motion"),
+}
+
+
+def apply_preset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Fill the preset's values into every option left at its default; ``model`` goes to ``--set``
+    unless a ``--set model=...`` is given."""
+    if not args.preset:
+        return args
+    values = dict(PRESETS[args.preset])
+    model = values.pop("model")
+    for key, value in values.items():
+        if getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
+    if not any(item.split("=", 1)[0].strip() == "model" for item in args.set):
+        args.set = [*args.set, f"model={model}"]
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="lateral: one object sliding before a static camera, tiny-motion, fixed option order, "
+                         "1500 steps (the setting that meets the learning target); explicit options win")
     ap.add_argument("--clips", default="runs/learn/clips", help="folder of synthetic clips (made if missing)")
     ap.add_argument("--num-clips", type=int, default=256, help="clips to synthesise when --clips is missing")
     ap.add_argument("--synth-seed", type=int, default=1000, help="seed of the synthesised clips")
@@ -342,7 +374,12 @@ def main() -> int:
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a recipe value for the SFT runs (repeatable), e.g. --set lora_r=64")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    ap = build_parser()
+    args = apply_preset(ap.parse_args(), ap)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 

@@ -38,3 +38,17 @@ def test_range_argument(bench_learning):
     assert bench_learning._range(None) is None
     with pytest.raises(SystemExit, match="MIN,MAX"):
         bench_learning._range("2.5")
+
+
+def test_preset_lateral_fills_defaults_only(bench_learning):
+    parser = bench_learning.build_parser()
+    args = bench_learning.apply_preset(parser.parse_args(["--preset", "lateral", "--num-clips", "64"]), parser)
+    assert args.num_clips == 64  # given explicitly: kept
+    assert (args.camera_motion, args.num_objects, args.option_order, args.max_steps) == ("static", 1, "fixed", 1500)
+    assert args.directions == "left,right" and bench_learning._range(args.depth_range) == (2.5, 3.5)
+    assert args.set == ["model=tiny-motion"]
+    args = bench_learning.apply_preset(
+        parser.parse_args(["--preset", "lateral", "--set", "model=tiny", "--set", "lora_r=8"]), parser)
+    assert args.set == ["model=tiny", "lora_r=8"]  # an explicit model wins
+    plain = bench_learning.apply_preset(parser.parse_args([]), parser)
+    assert (plain.option_order, plain.camera_motion, plain.set) == ("balanced", None, [])
