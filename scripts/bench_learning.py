@@ -36,9 +36,12 @@ still in a phase) in front of a static camera, 769 held-out direction questions,
     the first 256 / 64 of the clips: 0.829 vs 0.513 (n = 193) / 0.837 vs 0.465 (n = 43)
     a re-run of the first line (--preset lateral, same clips): SFT 0.927 vs blind 0.498
 
-The sighted runs are not bit-reproducible (the re-run's loss differs from step 50: 2.834 vs
-2.829), while the blind ones are (0.498 both times): something on the video path varies from run
-to run (not yet tracked down).
+The first sighted run is not bit-reproducible: its step-50 loss was 2.829, while the re-run and
+a third start of the same SFT (each alone on the machine) agree bit for bit (2.834), and the
+blind runs agree (0.498 both times). Decoding, preprocessing and the forward pass hash the same
+across processes; what differed in the first run (it ran beside another training, with the
+motion build made in the same process) is not tracked down. Read single-run differences of a
+few points as noise.
 
 Per true answer (SFT / blind): not moving 1.00 / 1.00, left 1.00 / 0.35, right 0.52 / 0.08 (the
 other draw: 0.98 / 0.86, 0.87 / 0.53, 0.52 / 0.26). Moving vs still is learnt fully and the
