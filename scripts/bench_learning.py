@@ -328,6 +328,8 @@ def apply_preset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mllm4d_lite.qa import OPTION_ORDERS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="lateral: one object sliding before a static camera, tiny-motion, fixed option order, "
@@ -353,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="motions a moving object draws from (translate, turn, arc; default all)")
     ap.add_argument("--directions", default=None, metavar="D1,D2",
                     help="directions a translation draws from (e.g. left,right; default all eight)")
-    ap.add_argument("--option-order", choices=("balanced", "fixed"), default="balanced",
+    ap.add_argument("--option-order", choices=OPTION_ORDERS, default=OPTION_ORDERS[0],
                     help="qa_option_order of the generated questions: balanced (shuffled letters, VLM4D style) or "
                          "fixed (one canonical option order; the tiny random LLM cannot learn a shuffled letter lookup)")
     ap.add_argument("--out", default="runs/learn", help="output folder")
