@@ -967,6 +967,44 @@ class SynthConfig:
     specular: float = field(default=60.0, metadata={"help": "highlight strength on objects (grey levels); 0 = matte"})
     crf: int = field(default=20, metadata={"help": "H.264 quality (0 = lossless, 18 visually lossless)"})
     plot: bool = field(default=False, metadata={"help": "also write <clip>/trajectory.png (top-down view)"})
+    # scene knobs (empty / 0 = the generator's random draw, as in tiny_data's default clips)
+    camera_motion: str = field(default="", metadata={"help": f"camera motion of every clip, one of {list(CAMERA_MOTIONS)}; "
+                                                             "empty = random"})
+    num_objects: int = field(default=0, metadata={"help": "objects per clip (1-4); 0 = random"})
+    camera_height_m: float = field(default=0.0, metadata={"help": "camera height above the ground (metres); 0 = random 0.9-1.3"})
+    depth_range: str = field(default="2.5,7.5", metadata={"help": "MIN,MAX metres ahead where objects start"})
+    travel_range: str = field(default="0.7,1.6", metadata={"help": "MIN,MAX path length of moving objects (metres)"})
+    object_motions: str = field(default="", metadata={"help": f"comma list of motions a moving object draws from "
+                                                              f"({', '.join(OBJECT_MOTIONS[1:])}); empty = all"})
+    directions: str = field(default="", metadata={"help": "comma list of translation directions (e.g. left,right); "
+                                                          "empty = all eight"})
+    clip_prefix: str = field(default="synth", metadata={"help": "clip folders are named <prefix>_s<seed:05d>"})
+
+    def scene_options(self) -> dict[str, Any]:
+        """The :class:`SceneOptions` keyword arguments these settings stand for."""
+
+        def pair(name: str) -> tuple[float, float]:
+            try:
+                lo, hi = (float(v) for v in str(getattr(self, name)).split(","))
+            except ValueError:
+                raise ValueError(f"`{name}` must be MIN,MAX in metres such as 2.5,7.5, got {getattr(self, name)!r}") from None
+            return (lo, hi)
+
+        opts: dict[str, Any] = dict(baseline_m=self.baseline_m, hfov_deg=self.hfov_deg, noise_std=self.noise_std,
+                                    blur_sigma=self.blur_sigma, gain_jitter=self.gain_jitter, vignette=self.vignette,
+                                    specular=self.specular, depth_range_m=pair("depth_range"),
+                                    travel_range_m=pair("travel_range"))
+        if self.camera_motion:
+            opts["camera_motion"] = self.camera_motion
+        if self.num_objects:
+            opts["num_objects"] = self.num_objects
+        if self.camera_height_m:
+            opts["camera_height_m"] = self.camera_height_m
+        if self.object_motions:
+            opts["object_motions"] = tuple(m.strip() for m in self.object_motions.split(","))
+        if self.directions:
+            opts["directions"] = tuple(d.strip() for d in self.directions.split(","))
+        return opts
 
     def validate(self) -> None:
         from mllm4d_lite.config import ConfigError
@@ -989,6 +1027,12 @@ class SynthConfig:
             raise ConfigError("`noise_std`, `blur_sigma`, `gain_jitter` and `specular` must be >= 0")
         if not (0 <= self.vignette < 1):
             raise ConfigError(f"`vignette` must be in [0, 1), got {self.vignette}")
+        if not self.clip_prefix or not self.clip_prefix.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"`clip_prefix` must be letters, digits, '_' or '-', got {self.clip_prefix!r}")
+        try:
+            _options_from_kwargs(self.scene_options())
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -1028,16 +1072,15 @@ def main(argv: list[str] | None = None) -> int:
     n_obj = 0
     for i in tqdm(range(cfg.num_clips), desc="synth clips"):
         seed = cfg.seed + i
-        clip = generate_clip(seed, cfg.frames, width, height, cfg.fps, baseline_m=cfg.baseline_m,
-                             hfov_deg=cfg.hfov_deg, noise_std=cfg.noise_std, blur_sigma=cfg.blur_sigma,
-                             gain_jitter=cfg.gain_jitter, vignette=cfg.vignette, specular=cfg.specular)
+        clip = generate_clip(seed, cfg.frames, width, height, cfg.fps, clip_id=f"{cfg.clip_prefix}_s{seed:05d}",
+                             **cfg.scene_options())
         clip.meta["command"] = "mllm4d synth " + " ".join(argv if argv is not None else sys.argv[1:])
         path = save_clip(clip, out, crf=cfg.crf)
         if cfg.plot:
             plot_trajectories(clip, path / "trajectory.png")
         n_obj += len(clip.labels)
         log.info("wrote %s (%d objects, camera %s)", path, len(clip.labels), clip.gt["camera_motion"])
-    save_resolved(cfg, out, name="synth_config.yaml")
+    save_resolved(cfg, out, name="synth_config.yaml" if cfg.clip_prefix == "synth" else f"synth_config_{cfg.clip_prefix}.yaml")
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     print(f"mllm4d synth: wrote {cfg.num_clips} clips ({n_obj} objects, {cfg.frames} frames, "
           f"{width}x{height}) to {out} in {time.time() - start:.1f} s; folder size {size_mb:.1f} MB")

@@ -403,7 +403,7 @@ def test_tiny_data_is_complete_and_reproducible():
     clips = sorted(p for p in TINY.glob("synth_s*") if p.is_dir())
     assert len(clips) >= 24
     total = sum(p.stat().st_size for p in TINY.rglob("*") if p.is_file())
-    assert total < 20e6, f"tiny_data is {total / 1e6:.1f} MB"
+    assert total < 22e6, f"tiny_data is {total / 1e6:.1f} MB"
     readme = (TINY / "README.md").read_text()
     assert "mllm4d synth --out tiny_data --num-clips 32 --seed 0 --frames 16 --size 320x240 --fps 8" in readme
     assert "CC0" in readme
@@ -422,6 +422,37 @@ def test_tiny_data_is_complete_and_reproducible():
     stored = load_clip(p)
     assert np.abs(stored.gt_depth_m - ref.gt_depth_m).max() <= 0.00051
     assert np.abs(stored.left.astype(int) - ref.left).mean() < 4  # H.264 crf 20
+
+
+def test_tiny_data_lateral_is_complete_and_reproducible(tmp_path):
+    """The demo's clips: 96 scenes of one object sliding left / right or standing still before a
+    static camera, rebuilt exactly from the command in the README."""
+    lateral = TINY / "lateral"
+    clips = sorted(p for p in lateral.glob("lateral_s*") if p.is_dir())
+    assert [p.name for p in clips] == [f"lateral_s{seed:05d}" for seed in range(1000, 1096)]
+    readme = (TINY / "README.md").read_text()
+    cmd = ("mllm4d synth --out tiny_data/lateral --num-clips 96 --seed 1000 --frames 16 --size 160x120 --fps 8 "
+           "--hfov-deg 40 --camera-motion static --num-objects 1 --camera-height-m 0.5 --depth-range 2.5,3.5 "
+           "--travel-range 1.2,1.8 --object-motions translate --directions left,right --clip-prefix lateral")
+    assert cmd in readme
+    motions = set()
+    for p in clips:
+        gt = json.loads((p / "gt.json").read_text())
+        assert gt["camera_motion"] == "static" and len(gt["objects"]) == 1
+        motions.add(gt["objects"][0]["motion"])
+    assert motions == {"static", "translate_left", "translate_right"}
+    # the command line, run again, writes the same clips
+    out = tmp_path / "lateral"
+    argv = cmd.split()[2:]
+    argv[argv.index("tiny_data/lateral")] = str(out)
+    argv[argv.index("96")] = "2"
+    assert synth.main(argv) == 0
+    for p in clips[:2]:
+        assert (out / p.name / "gt.json").read_text() == (p / "gt.json").read_text()
+        stored, again = load_clip(p), load_clip(out / p.name)
+        assert (stored.width, stored.height, stored.num_frames) == (160, 120, 16)
+        assert np.array_equal(stored.masks, again.masks)
+        assert np.abs(stored.left.astype(int) - again.left).mean() < 1.0
 
 
 def test_tiny_data_videos_carry_the_true_stereo_geometry():
@@ -453,3 +484,51 @@ def test_tiny_data_video_readable_by_decord_pyav_opencv():
         n += 1
     cap.release()
     assert n == 16
+
+
+def test_cli_scene_options(tmp_path, capsys):
+    """--camera-motion / --num-objects / --object-motions / --directions / ranges reach the scene,
+    --clip-prefix names the folders, and the recorded generator options rebuild each clip."""
+    out = tmp_path / "clips"
+    rc = synth.main(["--out", str(out), "--num-clips", "3", "--seed", "11", "--frames", "4", "--size", "64x48",
+                     "--camera-motion", "static", "--num-objects", "1", "--object-motions", "translate",
+                     "--directions", "left,right", "--depth-range", "2.5,3.5", "--travel-range", "1.2,1.8",
+                     "--camera-height-m", "0.5", "--hfov-deg", "40", "--clip-prefix", "lateral"])
+    assert rc == 0, capsys.readouterr().err
+    dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert dirs == ["lateral_s00011", "lateral_s00012", "lateral_s00013"]
+    assert (out / "synth_config_lateral.yaml").is_file() and not (out / "synth_config.yaml").exists()
+    option_names = {f.name for f in dataclasses.fields(SceneOptions)}
+    for name in dirs:
+        meta = json.loads((out / name / "clip.json").read_text())
+        gt = json.loads((out / name / "gt.json").read_text())
+        assert meta["clip_id"] == name
+        assert gt["camera_motion"] == "static" and gt["ground_y_m"] == pytest.approx(0.5)
+        assert len(gt["objects"]) == 1
+        obj = gt["objects"][0]
+        assert obj["motion"] in ("static", "translate_left", "translate_right"), obj["motion"]
+        start = np.array(obj["centers_world"][0])
+        assert 2.5 - 1e-6 <= start[2] <= 3.5 + 1e-6, start  # static camera looks along +z
+        path = np.linalg.norm(np.diff(np.array(obj["centers_world"])[:, [0, 2]], axis=0), axis=1).sum()
+        if obj["motion"] != "static":
+            assert 1.2 - 1e-3 <= path <= 1.8 + 1e-3, path
+        g = meta["generator"]
+        assert g["directions"] == ["left", "right"] and g["object_motions"] == ["translate"]
+        ref = generate_clip(meta["seed"], g["num_frames"], g["width"], g["height"], g["fps"], clip_id=name,
+                            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k in option_names})
+        assert json.dumps(ref.gt) == (out / name / "gt.json").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--directions", "up"], "directions"),
+    (["--camera-motion", "sideways"], "camera_motion"),
+    (["--depth-range", "3"], "depth_range"),
+    (["--clip-prefix", "a/b"], "clip_prefix"),
+])
+def test_cli_bad_scene_options(tmp_path, capsys, args, message):
+    out = tmp_path / "clips"
+    with pytest.raises(SystemExit) as exc:
+        synth.main(["--out", str(out), "--num-clips", "1", "--frames", "2", "--size", "32x32"] + args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
