@@ -328,6 +328,38 @@ _TEXT_WINDOW = 3
 
 # --------------------------------------------------------------------------- public API
 
+_ANSWER_TAGGED = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def answer_part(response: str | None) -> str | None:
+    """The part of an ST-CoT reply that may hold its answer, so that the words of its reasoning
+    ("moved by dx = 1.2 m (right +)") are never read as the answer.
+
+    The inside of the first complete ``<answer>…</answer>`` block; else, after a closed
+    ``<thinking>…</thinking>``, the text that follows it; else, when a ``<thinking>`` block is
+    opened and never closed, nothing (``""``); else the whole reply (no tags: a direct reply).
+
+    >>> answer_part("<thinking>it moves (right +)</thinking><answer>B</answer>")
+    'B'
+    >>> answer_part("<thinking>it moves (right +)</thinking> so B")
+    ' so B'
+    >>> answer_part("<thinking>it moves (right +) <answer B</answer")
+    ''
+    >>> answer_part("The answer is B.")
+    'The answer is B.'
+    """
+    if response is None:
+        return None
+    tagged = _ANSWER_TAGGED.search(response)
+    if tagged:
+        return tagged.group(1)
+    if "</thinking>" in response:
+        return response.split("</thinking>", 1)[1]
+    if "<thinking>" in response:
+        return ""
+    return response
+
+
 def extract_choice(response: str | None, choices: Mapping[str, Any] | None = None) -> str | None:
     """The option letter (upper case) a free-form reply chose, or None ("no answer").
 

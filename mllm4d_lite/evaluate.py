@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from mllm4d_lite.answers import answer_letters, entry_answer, is_numeric, score_response
+from mllm4d_lite.answers import answer_letters, answer_part, entry_answer, is_numeric, score_response
 from mllm4d_lite.config import ConfigError, atomic_write_json, parse_config, save_resolved
 from mllm4d_lite.report import build_report, report_markdown, summary_line, write_report
 
@@ -153,9 +153,14 @@ def file_labels(paths: Sequence[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
-def scored(entry: Mapping[str, Any], response: str | None) -> dict[str, Any]:
-    """The entry plus ``response``, ``extracted`` and ``score`` (and the fields the report reads)."""
-    score, extracted = score_response(entry, response)
+def scored(entry: Mapping[str, Any], response: str | None, st_cot: bool = False) -> dict[str, Any]:
+    """The entry plus ``response``, ``extracted`` and ``score`` (and the fields the report reads).
+
+    ``st_cot``: the reply answers the kit's ST-CoT prompt, so only its answer part counts
+    (:func:`mllm4d_lite.answers.answer_part`: the ``<answer>`` block, or what follows
+    ``</thinking>``), as in the GRPO accuracy reward; the words of its reasoning are not an answer.
+    """
+    score, extracted = score_response(entry, answer_part(response) if st_cot else response)
     out = dict(entry)
     out.update(response=response, extracted=extracted, score=score)
     return out
@@ -348,7 +353,7 @@ def _answer_all(cfg: EvalRunConfig, model, processor, todo: list[tuple[dict, Pat
                 replies = generate_answers(model, processor, prompts, videos, system_prompt=system,
                                            max_new_tokens=max_new)
                 for entry, reply in zip(ready, replies):
-                    sink.write(json.dumps(scored(entry, reply)) + "\n")
+                    sink.write(json.dumps(scored(entry, reply, st_cot=cfg.prompt == "st-cot")) + "\n")
                 sink.flush()
             bar.update(len(batch))
     bar.close()

@@ -78,6 +78,8 @@ class SFTConfigKit:
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
     blind: bool = field(default=False, metadata={"help": "blank all video frames (the blind control)"})
     max_train_samples: int = field(default=0, metadata={"help": "use a seeded subset of this many records (0 = all)"})
+    train_categories: list[str] = field(default_factory=list, metadata={
+        "help": "train only on records of these question categories (empty = all)"})
     cache_videos: bool = field(default=True, metadata={"help": "keep decoded frames in memory (one decode per clip)"})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
 
@@ -319,7 +321,7 @@ def quick_eval(model, processor, entries: Sequence[dict[str, Any]], cache, mode:
     from tqdm import tqdm
 
     from mllm4d_lite import prompts
-    from mllm4d_lite.answers import score_response
+    from mllm4d_lite.answers import answer_part, score_response
     from mllm4d_lite.model import generate_answers
 
     system = prompts.ST_COT_SYSTEM_PROMPT if mode == "st-cot" else None
@@ -331,7 +333,7 @@ def quick_eval(model, processor, entries: Sequence[dict[str, Any]], cache, mode:
         replies = generate_answers(model, processor, texts, [cache.get(e["video_path"]) for e in chunk],
                                    system_prompt=system, max_new_tokens=max_new_tokens)
         for entry, reply in zip(chunk, replies):
-            score, extracted = score_response(entry, reply)
+            score, extracted = score_response(entry, answer_part(reply) if mode == "st-cot" else reply)
             preds.append({"id": entry["id"], "category": entry.get("category", "?"), "response": reply,
                           "extracted": extracted, "score": score, "format_ok": follows_st_cot_format(reply)})
     by_cat: dict[str, dict[str, float]] = {}
@@ -389,7 +391,8 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out)
 
-    records = D.load_records(cfg.train_file, cfg.max_train_samples or None, seed=cfg.seed)
+    records = D.load_records(cfg.train_file, cfg.max_train_samples or None, seed=cfg.seed,
+                             categories=cfg.train_categories)
     cache = D.VideoCache(cfg.num_frames, blank=cfg.blind, keep=cfg.cache_videos)
     records, skipped = D.check_videos(records, cache)
     if not records:

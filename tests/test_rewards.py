@@ -1,7 +1,7 @@
 """ST-reward tests: a table of hand-written completions with exact expected scores.
 
 Expected values are worked out by hand from the definitions in ``mllm4d_lite/rewards.py``
-(release formulas plus the kit's deviations D1-D6); errors in metres, e.g. a camera off by
+(release formulas plus the kit's deviations D1-D7); errors in metres, e.g. a camera off by
 5 m at the first frame and exact at the last scores exp(-(5 + 0) / 2) = exp(-2.5).
 """
 
@@ -93,6 +93,11 @@ TABLE = [
         "Camera Center: [0, 0, 2], Object Center: [1, 0, 3].</thinking>\nC", (0.4 + 0.1, 1.0, 1.0, 1.0),
         release=(0.4 + 0.1, 0.0, 1.0, 1.0)),
     Row("no_thinking", "<answer>C</answer>", (0.0, 1.0, 0.0, 0.0), release=(0.0, 0.0, 0.0, 0.0)),
+    Row("unclosed_thinking_reasoning_names_the_option", "<thinking>Camera Center: [0, 0, 0], Object Center: "
+        "[1, 0, 5]; Camera Center: [0, 0, 2], Object Center: [1, 0, 3]; it moved forward (forward +). <answer C",
+        (0.4, 0.0, 1.0, 1.0), release=(0.4, 0.0, 1.0, 1.0)),  # D7: the reasoning's "forward" is no answer
+    Row("broken_answer_tags_after_thinking", GOOD_THINK.replace("</thinking>", "</thinking ") + "<answer>C</answer",
+        (0.4, 0.0, 1.0, 1.0), release=(0.4, 0.0, 1.0, 1.0)),
     Row("short_thinking_no_centres", "<thinking>forward</thinking><answer>C</answer>", (0.5, 1.0, 0.0, 0.0),
         release=(0.5 + 0.1, 0.0, 0.0, 0.0)),  # D3: release counts the tags (28 chars > 20)
     Row("thinking_of_20_chars", "<thinking>moving forward, so C</thinking><answer>C</answer>", (0.5, 1.0, 0.0, 0.0),
@@ -245,7 +250,9 @@ def test_each_deviation_switches_alone():
     assert _one(format_reward, empty) == pytest.approx(0.5)
     assert _one(format_reward, empty, empty_answer_guard=False) == pytest.approx(1.0)
     assert _one(accuracy_reward, empty) == 0.0
-    assert _one(accuracy_reward, empty, empty_answer_guard=False) == 1.0  # the extractor finds "Answer: C"
+    # the extractor finds "Answer: C" in the reasoning unless D7 also reads the empty block only
+    assert _one(accuracy_reward, empty, empty_answer_guard=False, answer_part_only=False) == 1.0
+    assert _one(accuracy_reward, empty, empty_answer_guard=False) == 0.0
 
     repeated = GOOD_THINK + "<answer>C</answer>" + GOOD_THINK + "<answer>C</answer>"
     assert _one(format_reward, repeated) == 0.0
@@ -263,6 +270,10 @@ def test_each_deviation_switches_alone():
     shifted = TABLE[[r.name for r in TABLE].index("null_in_wrong_slot")].completion
     assert _one(object_reward, shifted, SOL_HALF_OBJ) == 0.0
     assert _one(object_reward, shifted, SOL_HALF_OBJ, position_pairing=False) == 1.0
+
+    broken = "<thinking>Camera Center: [0, 0, 0]; it moved by dz = 2 m (forward +) <answer>"
+    assert _one(accuracy_reward, broken) == 0.0
+    assert _one(accuracy_reward, broken, answer_part_only=False) == 1.0  # "forward" read from the reasoning
 
     letter = GOOD_THINK + "<answer>C</answer>"
     assert _one(accuracy_reward, letter) == 1.0
