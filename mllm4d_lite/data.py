@@ -68,11 +68,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0,
+                 categories: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """QA records of a jsonl (or a VLM4D-format ``.json`` list) with ``video_path`` resolved.
 
-    ``video`` is relative to the file's folder (absolute paths are kept). ``max_samples`` keeps a
-    seeded random subset (order preserved). Records lacking ``id`` get ``<file>:<line>``.
+    ``video`` is relative to the file's folder (absolute paths are kept). ``categories`` keeps
+    only records of those categories (none left is an error naming the categories present);
+    ``max_samples`` then keeps a seeded random subset (order preserved). Records lacking ``id``
+    get ``<file>:<line>``.
     """
     path = Path(path)
     if path.suffix == ".json":
@@ -92,6 +95,14 @@ def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0
         video = Path(str(row["video"]))
         row["video_path"] = str(video if video.is_absolute() else (path.parent / video).resolve())
         out.append(row)
+    if categories:
+        wanted = set(categories)
+        kept = [r for r in out if r.get("category") in wanted]
+        if not kept:
+            present = sorted({str(r.get("category")) for r in out})
+            raise DataError(f"{path}: no record of the categories {sorted(wanted)}; the file has {present}; "
+                            "fix `train_categories` (empty = all)")
+        out = kept
     if max_samples is not None and 0 < max_samples < len(out):
         rng = np.random.default_rng(seed)
         keep = sorted(rng.choice(len(out), size=max_samples, replace=False).tolist())

@@ -31,7 +31,14 @@ from mllm4d_lite.config import ConfigError, atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 PROFILES = {"tiny": "recipes/tiny", "gpu-24gb": "recipes/qwen2.5-vl-3b"}
+# What each profile curates by default, and how it lists the options of a question. The tiny
+# random model learns from video only on near objects sliding before a static camera
+# (tiny_data/lateral) and only with one fixed option order; see README "What these numbers do and
+# do not show". A pretrained model gets every clip and VLM4D-style shuffled letters.
+PROFILE_CLIPS = {"tiny": "tiny_data/lateral", "gpu-24gb": "tiny_data"}
+PROFILE_OPTION_ORDER = {"tiny": "fixed", "gpu-24gb": "balanced"}
 REPO = Path(__file__).resolve().parent.parent
+MIN_GAP_N = 10  # per-category differences are reported for categories with at least this many questions
 
 
 @dataclass
@@ -40,7 +47,12 @@ class DemoConfig:
 
     profile: str = field(default="tiny", metadata={"help": "tiny (CPU) | gpu-24gb (one 24 GB GPU)"})
     recipes: str = field(default="", metadata={"help": "recipe folder (default: by profile, e.g. recipes/tiny)"})
-    clips: str = field(default="tiny_data", metadata={"help": "folder of stereo clips to curate"})
+    clips: str = field(default="", metadata={
+        "help": "folder of stereo clips to curate (default: by profile, tiny_data/lateral for tiny, tiny_data "
+                "for gpu-24gb)"})
+    qa_option_order: str = field(default="", metadata={
+        "help": "balanced (VLM4D-style shuffled letters) | fixed (one canonical order) (default: by profile, "
+                "fixed for tiny, balanced for gpu-24gb)"})
     out: str = field(default="runs/demo", metadata={"help": "output folder (one sub-folder per stage)"})
     fresh: bool = field(default=False, metadata={"help": "redo every stage (deletes --out first)"})
     max_clips: int = field(default=0, metadata={"help": "use only the first N clips (0 = all)"})
@@ -55,8 +67,12 @@ class DemoConfig:
         "help": "reply budget for ST-CoT evaluation (the tiny model's CoT targets: median ~170, 90% < 215 tokens)"})
 
     def validate(self) -> None:
+        from mllm4d_lite.qa import OPTION_ORDERS
+
         if self.profile not in PROFILES:
             raise ConfigError(f"`profile` must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        if self.qa_option_order and self.qa_option_order not in OPTION_ORDERS:
+            raise ConfigError(f"`qa_option_order` must be one of {list(OPTION_ORDERS)}, got {self.qa_option_order!r}")
         for name in ("max_clips", "sft_steps", "cold_start_steps", "grpo_steps", "eval_limit"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)}")
@@ -74,18 +90,67 @@ class DemoConfig:
 def _call_stage(module: str, argv: list[str]) -> None:
     """Run ``mllm4d <stage> argv`` in a child process (each stage gets a clean interpreter and
     gives its memory back); a non-zero exit is an error naming the command."""
+    _wait_stage(_start_stage(module, argv))
+
+
+def _start_stage(module: str, argv: list[str], log_file: Path | None = None):
+    """Start ``mllm4d <stage> argv`` without waiting; its output goes to ``log_file`` when given."""
     import subprocess
 
     stage = {"mllm4d_lite.evaluate": "eval"}.get(module, module.rsplit(".", 1)[-1])
     cmd = [sys.executable, "-m", "mllm4d_lite", stage, *argv]
-    log.info("$ mllm4d %s %s", stage, " ".join(argv))
-    rc = subprocess.run(cmd, check=False).returncode
+    log.info("$ mllm4d %s %s%s", stage, " ".join(argv), f"  (in the background, log: {log_file})" if log_file else "")
+    if log_file is None:
+        proc = subprocess.Popen(cmd)
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "w") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    proc.description = f"mllm4d {stage} {' '.join(argv)}"  # type: ignore[attr-defined]
+    return proc
+
+
+def _wait_stage(proc) -> None:
+    rc = proc.wait()
     if rc:
-        raise RuntimeError(f"stage command failed (exit {rc}): mllm4d {stage} {' '.join(argv)}")
+        raise RuntimeError(f"stage command failed (exit {rc}): {proc.description}")
 
 
-def _run_stage(name: str, out: Path, fresh: bool, body: Callable[[Path], None], times: dict[str, float]) -> Path:
-    """Run ``body(stage_dir)`` unless its ``.done.json`` marker exists; records the wall time."""
+class _Beside:
+    """``with _Beside(parallel, jobs): body`` runs ``jobs`` (one after another) in a thread while
+    ``body`` runs, when ``parallel``; else after ``body``. An error of a job is raised on exit."""
+
+    def __init__(self, parallel: bool, jobs: list[Callable[[], None]]):
+        self.parallel, self.jobs, self.error, self.thread = parallel, jobs, None, None
+
+    def _work(self) -> None:
+        try:
+            for job in self.jobs:
+                job()
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            self.error = err
+
+    def __enter__(self) -> "_Beside":
+        if self.parallel:
+            import threading
+
+            self.thread = threading.Thread(target=self._work, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        elif exc is None:
+            self._work()
+        if exc is None and self.error is not None:
+            raise self.error
+
+
+def _run_stage(name: str, out: Path, fresh: bool, body: Callable[[Path], None], times: dict[str, float],
+               beside: str | None = None) -> Path:
+    """Run ``body(stage_dir)`` unless its ``.done.json`` marker exists; records the wall time
+    (``beside``: the stage that ran at the same time, on the other core)."""
     stage_dir = out / name
     marker = stage_dir / ".done.json"
     if marker.is_file() and not fresh:
@@ -98,14 +163,15 @@ def _run_stage(name: str, out: Path, fresh: bool, body: Callable[[Path], None], 
     start = time.time()
     body(stage_dir)
     times[name] = round(time.time() - start, 1)
-    atomic_write_json(marker, {"stage": name, "wall_s": times[name], "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    atomic_write_json(marker, {"stage": name, "wall_s": times[name], "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               **({"beside": beside} if beside else {})})
     log.info("== %s finished in %.0f s", name, times[name])
     return stage_dir
 
 
 def _subset_clips(cfg: DemoConfig, out: Path) -> Path:
     """The clip folder to curate: ``cfg.clips`` itself, or links to its first ``max_clips`` clips."""
-    clips = Path(cfg.clips)
+    clips = Path(cfg.clips or PROFILE_CLIPS[cfg.profile])
     if not clips.is_absolute() and not clips.exists():
         clips = REPO / clips
     if not clips.is_dir():
@@ -151,24 +217,51 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         + (["--max-pixels", str(max_pixels)] if max_pixels else []) + _steps("--limit", cfg.eval_limit)
 
     clips = _subset_clips(cfg, out)
+    option_order = cfg.qa_option_order or PROFILE_OPTION_ORDER[cfg.profile]
     _run_stage("curate", out, cfg.fresh, lambda d: _call_stage("mllm4d_lite.curate", [
-        "--clips", str(clips), "--out", str(d), "--plot", "--score", "--workers", str(cfg.workers)]), times)
+        "--clips", str(clips), "--out", str(d), "--plot", "--score", "--workers", str(cfg.workers),
+        "--qa-option-order", option_order]), times)
+
+    def argv_of(recipe: str, train_file: str, adapter_init: Path | None, extra: list[str], d: Path) -> list[str]:
+        init = ["--adapter-init", str(adapter_init / "adapter")] if adapter_init else []
+        return ["--config", str(recipes / recipe), "--train-file", str(data / train_file), "--output-dir", str(d),
+                *init, *extra]
 
     def train(recipe: str, train_file: str, adapter_init: Path | None, extra: list[str]):
         module = "mllm4d_lite.grpo" if recipe == "grpo.yaml" else "mllm4d_lite.sft"
-        init = ["--adapter-init", str(adapter_init / "adapter")] if adapter_init else []
-        return lambda d: _call_stage(module, ["--config", str(recipes / recipe), "--train-file", str(data / train_file),
-                                              "--output-dir", str(d), *init, *extra])
+        return lambda d: _call_stage(module, argv_of(recipe, train_file, adapter_init, extra, d))
 
-    sft = _run_stage("sft", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, _steps("--max-steps", cfg.sft_steps)), times)
+    sft_steps = _steps("--max-steps", cfg.sft_steps)
+    blind_argv = sft_steps + ["--blind"]
+    blind_proc, blind_start = None, 0.0
+    if cfg.blind_control and not (out / "sft_blind" / ".done.json").is_file() \
+            and not (out / "sft" / ".done.json").is_file() and (os.cpu_count() or 1) >= 2:
+        # The blind control is the same recipe on blank frames; it trains beside the SFT run (each
+        # uses one CPU thread on the tiny profile). Its output goes to sft_blind.log.
+        blind_dir = out / "sft_blind"
+        if blind_dir.exists():
+            shutil.rmtree(blind_dir)
+        blind_start = time.time()
+        blind_proc = _start_stage("mllm4d_lite.sft", argv_of("sft.yaml", "sft.jsonl", None, blind_argv, blind_dir),
+                                  log_file=out / "sft_blind.log")
+    try:
+        sft = _run_stage("sft", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, sft_steps), times)
+        if blind_proc is not None:
+            log.info("== sft_blind: waiting for the blind control trained beside SFT (log: %s)", out / "sft_blind.log")
+            _wait_stage(blind_proc)
+            times["sft_blind"] = round(time.time() - blind_start, 1)
+            atomic_write_json(out / "sft_blind" / ".done.json", {
+                "stage": "sft_blind", "wall_s": times["sft_blind"], "beside": "sft",
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+            log.info("== sft_blind finished in %.0f s (beside sft)", times["sft_blind"])
+    except BaseException:
+        if blind_proc is not None and blind_proc.poll() is None:
+            blind_proc.kill()
+        raise
     if cfg.blind_control:
-        sft_blind = _run_stage("sft_blind", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None,
-                                                                  _steps("--max-steps", cfg.sft_steps) + ["--blind"]), times)
-    cold = _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
-                                                          _steps("--max-steps", cfg.cold_start_steps)), times)
-    grpo = _run_stage("grpo", out, cfg.fresh, train("grpo.yaml", "rft.jsonl", cold,
-                                                    _steps("--max-steps", cfg.grpo_steps)), times)
-
+        sft_blind = out / "sft_blind" if blind_proc is not None else _run_stage(
+            "sft_blind", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, blind_argv), times)
+    cold, grpo = out / "cold_start", out / "grpo"
     evals: list[tuple[str, str, Path | None, str, bool]] = [
         ("base", "base model (no fine-tuning)", None, "direct", False),
         ("sft", "SFT", sft, "direct", False),
@@ -177,7 +270,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     ]
     if cfg.blind_control:
         evals.insert(1, ("blind", "blind control (SFT on blank frames)", sft_blind, "direct", True))
-    for key, _, adapter, prompt, blind in evals:
+
+    def evaluate(key: str, adapter: Path | None, prompt: str, blind: bool, beside: str | None = None) -> None:
         argv = ["run", "--model", str(model), "--prompt", prompt, *eval_common]
         if prompt == "st-cot":
             argv += ["--max-new-tokens", str(cfg.cot_max_new_tokens)]
@@ -186,7 +280,20 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         if blind:
             argv += ["--blind"]
         _run_stage(f"eval/{key}", out, cfg.fresh,
-                   lambda d, argv=argv: _call_stage("mllm4d_lite.evaluate", argv + ["--out", str(d)]), times)
+                   lambda d: _call_stage("mllm4d_lite.evaluate", argv + ["--out", str(d)]), times, beside=beside)
+
+    # With two cores, each evaluation runs on the second core as soon as its model exists: the
+    # direct-prompt ones beside the cold start, the cold start's beside GRPO.
+    two_cores = (os.cpu_count() or 1) >= 2
+    direct = [e for e in evals if e[3] == "direct"]
+    with _Beside(two_cores, [lambda e=e: evaluate(e[0], e[2], e[3], e[4], "cold_start" if two_cores else None)
+                             for e in direct]):
+        _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
+                                                       _steps("--max-steps", cfg.cold_start_steps)), times)
+    with _Beside(two_cores, [lambda: evaluate("cold_start", cold, "st-cot", False, "grpo" if two_cores else None)]):
+        _run_stage("grpo", out, cfg.fresh, train("grpo.yaml", "rft.jsonl", cold,
+                                                 _steps("--max-steps", cfg.grpo_steps)), times)
+    evaluate("grpo", grpo, "st-cot", False)
 
     report = build_demo_report(cfg, out, evals, times)
     return report
@@ -210,16 +317,46 @@ def _read_json(path: Path) -> Any:
 def _gap(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Accuracy of ``a`` minus ``b`` (points) with the standard error of that difference, treating the
     two accuracies as independent binomial proportions over their n questions (conservative for
-    two models scored on the same questions). |difference| < 2 SE reads as within noise."""
+    two models scored on the same questions). |difference| <= 2 SE reads as within noise."""
     pa, pb = a["accuracy"] / 100.0, b["accuracy"] / 100.0
     se = 100.0 * math.sqrt(pa * (1 - pa) / max(a["n"], 1) + pb * (1 - pb) / max(b["n"], 1))
     diff = a["accuracy"] - b["accuracy"]
     return {"a": a["key"], "b": b["key"], "diff_points": round(diff, 2), "se_points": round(se, 2),
-            "within_noise": bool(abs(diff) < 2 * se)}
+            "within_noise": bool(abs(diff) <= 2 * se)}
+
+
+def _category_gaps(by_key: dict[str, dict[str, Any]], min_n: int = MIN_GAP_N) -> list[dict[str, Any]]:
+    """SFT - blind and GRPO - cold start per category, for categories with at least ``min_n``
+    questions, each with the standard error of the difference (:func:`_gap`)."""
+    gaps = []
+    for a, b in (("sft", "blind"), ("grpo", "cold_start")):
+        if a not in by_key or b not in by_key:
+            continue
+        ra, rb = by_key[a], by_key[b]
+        for cat in sorted(set(ra["categories"]) & set(rb["categories"])):
+            n_a, n_b = ra["category_n"][cat], rb["category_n"][cat]
+            if min(n_a, n_b) >= min_n:
+                gap = _gap({"key": a, "accuracy": ra["categories"][cat], "n": n_a},
+                           {"key": b, "accuracy": rb["categories"][cat], "n": n_b})
+                gaps.append({"category": cat, "n": n_a, **gap})
+    return gaps
+
+
+def _total_wall(times: dict[str, float], beside: dict[str, str]) -> float:
+    """Wall time of the run: the stages that ran beside another add only what they ran beyond it."""
+    total = sum(t for name, t in times.items() if name not in beside)
+    side: dict[str, float] = {}
+    for name, other in beside.items():
+        if name in times:
+            side[other] = side.get(other, 0.0) + times[name]
+    total += sum(max(0.0, t - times.get(other, 0.0)) for other, t in side.items())
+    return round(total, 1)
 
 
 def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, float]) -> dict[str, Any]:
     """Collect every stage's figures into ``report.json`` and ``report.md`` (with plots)."""
+    beside = {name: marker["beside"] for name in times
+              if (marker := _read_json(out / name / ".done.json") or {}).get("beside")}
     rows: list[dict[str, Any]] = []
     chance = None
     for key, label, _, prompt, blind in evals:
@@ -232,10 +369,12 @@ def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, 
         rows.append({"key": key, "label": label, "prompt": prompt,
                      "accuracy": overall["accuracy"], "mean_over_categories": overall["mean_over_categories"],
                      "n": overall["n"], "no_answer": overall.get("no_answer"),
-                     "categories": {c["category"]: c["accuracy"] for c in section["categories"]}})
+                     "categories": {c["category"]: c["accuracy"] for c in section["categories"]},
+                     "category_n": {c["category"]: c["n"] for c in section["categories"]}})
     by_key = {r["key"]: r for r in rows}
     gaps = [_gap(by_key[a], by_key[b]) for a, b in (("sft", "blind"), ("grpo", "cold_start"))
             if a in by_key and b in by_key]
+    category_gaps = _category_gaps(by_key)
     grpo_summary = _read_json(out / "grpo" / "summary.json") or {}
     sft_summary = _read_json(out / "sft" / "summary.json") or {}
     curate_score = _read_json(out / "curate" / "scorecard.json")
@@ -245,8 +384,10 @@ def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, 
         "chance": chance,
         "models": rows,
         "gaps": gaps,
+        "category_gaps": category_gaps,
         "stage_wall_s": times,
-        "total_wall_s": round(sum(times.values()), 1),
+        "stages_run_beside": beside,
+        "total_wall_s": _total_wall(times, beside),
         "sft": {k: sft_summary.get(k) for k in ("train_records", "skipped_records", "final_loss", "steps", "train_s")
                 if k in sft_summary},
         "grpo": grpo_summary,
@@ -306,7 +447,14 @@ def _report_markdown(report: dict[str, Any], out: Path, accuracy_png: Path | Non
     for g in report.get("gaps", []):
         lines.append("")
         lines.append(f"{g['a']} - {g['b']}: {g['diff_points']:+.2f} points, standard error {g['se_points']:.2f} "
-                     f"({'within noise: |difference| < 2 SE' if g['within_noise'] else 'beyond 2 SE'}).")
+                     f"({'within noise: |difference| <= 2 SE' if g['within_noise'] else 'beyond 2 SE'}).")
+    if report.get("category_gaps"):
+        lines += ["", f"Differences per category (categories with at least {MIN_GAP_N} questions):", "",
+                  "| models | category | n | difference (points) | standard error | reading |",
+                  "| --- | --- | ---: | ---: | ---: | --- |"]
+        for g in report["category_gaps"]:
+            lines.append(f"| {g['a']} - {g['b']} | {g['category']} | {g['n']} | {g['diff_points']:+.2f} | "
+                         f"{g['se_points']:.2f} | {'within noise' if g['within_noise'] else 'beyond 2 SE'} |")
     cats = sorted({c for r in report["models"] for c in r["categories"]})
     if cats:
         lines += ["", "Per category (accuracy %, MRA for numeric):", "",
@@ -342,7 +490,8 @@ def _report_markdown(report: dict[str, Any], out: Path, accuracy_png: Path | Non
         lines += [f"![trajectories {p.stem}]({_rel(p, out)})", ""]
     lines += ["## Wall time per stage", "", "| stage | seconds |", "| --- | ---: |"]
     for stage, secs in report["stage_wall_s"].items():
-        lines.append(f"| {stage} | {secs:.0f} |")
+        other = report.get("stages_run_beside", {}).get(stage)
+        lines.append(f"| {stage}{f' (beside {other}, on the other core)' if other else ''} | {secs:.0f} |")
     lines.append(f"| **total** | **{report['total_wall_s']:.0f}** |")
     return "\n".join(lines) + "\n"
 

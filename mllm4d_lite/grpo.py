@@ -71,6 +71,8 @@ class GRPOConfigKit:
     train_file: str = field(default="runs/demo/data/rft.jsonl", metadata={"help": "rft.jsonl (GRPO prompts + solutions)"})
     output_dir: str = field(default="runs/grpo", metadata={"help": "output folder"})
     max_samples: int | None = field(default=None, metadata={"help": "use a seeded subset of this many records"})
+    train_categories: list[str] = field(default_factory=list, metadata={
+        "help": "train only on prompts of these question categories (empty = all)"})
     num_frames: int = field(default=8, metadata={"help": "frames per video (paper: up to 32)"})
     max_pixels: int | None = field(default=None, metadata={"help": "per-frame pixel budget (paper SFT: 50176)"})
     min_pixels: int | None = field(default=None, metadata={"help": "per-frame minimum pixels"})
@@ -79,7 +81,7 @@ class GRPOConfigKit:
     reward_weights: list[float] = field(default_factory=lambda: [0.2, 0.6, 0.1, 0.1],
                                         metadata={"help": "weights, same order as reward_funcs (release 0.2/0.6/0.1/0.1)"})
     strict_release_rewards: bool = field(default=False, metadata={
-        "help": "use the released reward formulas exactly (see rewards.py D1-D6)"})
+        "help": "use the released reward formulas exactly (see rewards.py D1-D7)"})
     use_st_cot_prompt: bool = field(default=True, metadata={
         "help": "ST-CoT system prompt + think/answer instruction; false = direct prompt (ablation)"})
     num_generations: int = field(default=4, metadata={"help": "completions per prompt (paper 12)"})
@@ -88,7 +90,12 @@ class GRPOConfigKit:
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     max_completion_length: int = field(default=96, metadata={"help": "max new tokens per completion (paper 4096)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (paper 1.0)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling of the completions (1.0 = off, the paper)"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k likeliest tokens only (0 = off, the paper)"})
     beta: float = field(default=0.001, metadata={"help": "KL coefficient (paper 0.001; TRL's default 0)"})
+    scale_rewards: str = field(default="group", metadata={
+        "help": "advantage scaling: group (divide by the group's reward std, GRPO as published) | batch | "
+                "none (Dr. GRPO: keep the reward scale, so tiny differences stay tiny)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "learning rate (paper 1e-4)"})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
     max_steps: int = field(default=40, metadata={"help": "optimizer steps (-1: use num_train_epochs)"})
@@ -132,6 +139,10 @@ class GRPOConfigKit:
                              f"of `num_generations: {self.num_generations}`")
         if self.beta < 0 or self.temperature <= 0 or self.learning_rate <= 0:
             raise ValueError("`beta` must be >= 0, `temperature` and `learning_rate` > 0")
+        if not (0 < self.top_p <= 1) or self.top_k < 0:
+            raise ValueError(f"`top_p: {self.top_p}` must be in (0, 1] and `top_k: {self.top_k}` >= 0")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"`scale_rewards: {self.scale_rewards}`: use group, batch or none")
         if self.vllm_mode not in ("colocate", "server"):
             raise ValueError(f"`vllm_mode: {self.vllm_mode}`: use colocate or server")
         if self.num_frames < 2:
@@ -195,11 +206,12 @@ def build_dataset(records: Sequence[dict[str, Any]], cache, use_st_cot_prompt: b
     return ds.with_transform(transform)
 
 
-def load_rft_records(path: str | Path, max_samples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+def load_rft_records(path: str | Path, max_samples: int | None = None, seed: int = 0,
+                     categories: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """``rft.jsonl`` records (``video_path`` resolved) checked for the fields GRPO's rewards need."""
     from mllm4d_lite.data import DataError, load_records
 
-    records = load_records(path, max_samples=max_samples, seed=seed)
+    records = load_records(path, max_samples=max_samples, seed=seed, categories=categories)
     if not records:
         raise DataError(f"{path}: no records; make rft.jsonl with `mllm4d curate`")
     for rec in records:
@@ -547,7 +559,7 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
         torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
     if records is None:
-        records = load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed)
+        records = load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories)
     cache = VideoCache(cfg.num_frames, blank=cfg.blind)
     records, skipped = check_videos(records, cache)
     if not records:
@@ -572,7 +584,10 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
         beta=cfg.beta,
+        scale_rewards=cfg.scale_rewards,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
         max_steps=cfg.max_steps,

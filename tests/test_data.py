@@ -87,6 +87,18 @@ def test_records_resolve_videos_and_subset(toy):
     assert D.record_prompt(no_prompt) == prompts.direct_prompt(records[0]["question"], records[0]["choices"])
 
 
+def test_records_filtered_by_category(tmp_path):
+    rows = [{"id": f"q{i}", "video": "v.mp4", "category": cat}
+            for i, cat in enumerate(["counting", "object_direction", "counting", "object_direction_phase"])]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = D.load_records(path, categories=["object_direction", "object_direction_phase"])
+    assert [r["id"] for r in kept] == ["q1", "q3"]
+    assert [r["id"] for r in D.load_records(path, categories=[])] == ["q0", "q1", "q2", "q3"]
+    with pytest.raises(D.DataError, match=r"no record of the categories \['camera_direction'\].*counting"):
+        D.load_records(path, categories=["camera_direction"])
+
+
 def test_cache_decodes_once_and_blind_keeps_shapes(toy):
     path = D.load_records(toy)[0]["video_path"]
     cache = D.VideoCache(num_frames=8)

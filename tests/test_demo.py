@@ -4,6 +4,7 @@ numbers equal the evaluation JSON, and a second run skips every finished stage."
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -58,14 +59,20 @@ def test_report_numbers_equal_eval_json(demo_run):
                             ("predictions_blind.json" if model["key"] == "blind" else "predictions.json")).read_text())
         assert model["accuracy"] == pytest.approx(100.0 * sum(p["score"] for p in preds) / len(preds), abs=0.01)
         assert f"| {model['accuracy']:.2f} |" in md
-    assert set(report["stage_wall_s"]) >= {"curate", "sft", "cold_start", "grpo", "eval/grpo"}
+    assert set(report["stage_wall_s"]) >= {"curate", "sft", "sft_blind", "cold_start", "grpo", "eval/grpo"}
+    # on a machine with two cores the blind control trains beside SFT; the total counts that once
+    beside = report["stages_run_beside"]
+    assert beside == ({"sft_blind": "sft", "eval/base": "cold_start", "eval/blind": "cold_start",
+                       "eval/sft": "cold_start", "eval/cold_start": "grpo"} if (os.cpu_count() or 1) >= 2 else {})
+    assert report["total_wall_s"] == demo._total_wall(report["stage_wall_s"], beside)
+    assert (out / "sft_blind" / "adapter" / "adapter_config.json").is_file()
     # SFT vs blind and GRPO vs cold start, with the standard error of the difference
     acc = {m["key"]: m["accuracy"] for m in report["models"]}
     gaps = {(g["a"], g["b"]): g for g in report["gaps"]}
     assert set(gaps) == {("sft", "blind"), ("grpo", "cold_start")}
     for (a, b), g in gaps.items():
         assert g["diff_points"] == pytest.approx(acc[a] - acc[b], abs=0.01)
-        assert g["within_noise"] == (abs(g["diff_points"]) < 2 * g["se_points"])
+        assert g["within_noise"] == (abs(g["diff_points"]) <= 2 * g["se_points"])
         assert f"{a} - {b}: {g['diff_points']:+.2f} points" in md
 
 
@@ -76,6 +83,8 @@ def test_gap_standard_error_is_the_binomial_one():
     assert g["diff_points"] == 20.0
     assert g["se_points"] == pytest.approx(100 * (2 * 0.24 / 100) ** 0.5, abs=0.01)  # 6.93
     assert not g["within_noise"]
+    # no difference at all (both 100 %) is within noise, not "beyond 2 SE"
+    assert _gap({"key": "a", "accuracy": 100.0, "n": 20}, {"key": "b", "accuracy": 100.0, "n": 20})["within_noise"]
     assert _gap({"key": "a", "accuracy": 26.1, "n": 113}, {"key": "b", "accuracy": 23.5, "n": 113})["within_noise"]
 
 
@@ -95,3 +104,28 @@ def test_bad_profile_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--profile", "tpu-pod"])
     assert "profile" in capsys.readouterr().err
+
+
+def test_total_wall_counts_a_stage_run_beside_another_once():
+    from mllm4d_lite.demo import _total_wall
+
+    times = {"curate": 10.0, "sft": 100.0, "sft_blind": 120.0, "grpo": 50.0}
+    assert _total_wall(times, {"sft_blind": "sft"}) == 10 + 100 + 20 + 50
+    assert _total_wall({**times, "sft_blind": 90.0}, {"sft_blind": "sft"}) == 160
+    assert _total_wall(times, {}) == 280
+    # evaluations of 5 + 7 s beside a grpo stage of 10 s add nothing; of 8 + 7 s add 5 s
+    evals = {"grpo": 10.0, "eval/a": 5.0, "eval/b": 7.0}
+    assert _total_wall(evals, {"eval/a": "grpo", "eval/b": "grpo"}) == 12
+    assert _total_wall({**evals, "eval/a": 8.0}, {"eval/a": "grpo", "eval/b": "grpo"}) == 15
+
+
+def test_category_gaps_only_where_enough_questions():
+    from mllm4d_lite.demo import _category_gaps
+
+    rows = {"sft": {"categories": {"dir": 60.0, "count": 80.0}, "category_n": {"dir": 50, "count": 4}},
+            "blind": {"categories": {"dir": 40.0, "count": 50.0}, "category_n": {"dir": 50, "count": 4}}}
+    gaps = _category_gaps(rows)
+    assert [(g["a"], g["b"], g["category"], g["n"]) for g in gaps] == [("sft", "blind", "dir", 50)]
+    assert gaps[0]["diff_points"] == 20.0
+    assert gaps[0]["se_points"] == pytest.approx(100 * (0.24 / 50 + 0.24 / 50) ** 0.5, abs=0.01)  # 9.80
+    assert gaps[0]["within_noise"] is False  # 20 > 2 x 9.8

@@ -119,6 +119,7 @@ def test_recipes_exist_for_each_profile():
     ({"per_device_train_batch_size": 6}, "multiple of `num_generations"),
     ({"num_generations": 1}, ">= 2 completions"),
     ({"beta": -0.1}, "`beta` must be >= 0"),
+    ({"scale_rewards": "std"}, "use group, batch or none"),
 ])
 def test_bad_config_values_are_refused(bad, message):
     with pytest.raises((ValueError, ConfigError), match=message):

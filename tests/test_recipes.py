@@ -119,7 +119,8 @@ def test_sft_recipe_lora_targets_match_the_architecture(path):
     from mllm4d_lite import sft as S
 
     cfg = build_config(S.SFTConfigKit, load_yaml(path), str(path))
-    family = {"tiny": "qwen2.5-vl", "tiny-qwen2.5-vl": "qwen2.5-vl", "tiny-qwen3-vl": "qwen3-vl"}.get(
+    family = {"tiny": "qwen2.5-vl", "tiny-motion": "qwen2.5-vl", "tiny-qwen2.5-vl": "qwen2.5-vl",
+              "tiny-qwen3-vl": "qwen3-vl"}.get(
         cfg.model, M.REAL_MODELS.get(cfg.model))
     assert family, f"{path}: unknown model {cfg.model!r}"
     small = dict(num_hidden_layers=2, hidden_size=256, intermediate_size=512, num_attention_heads=4,
