@@ -235,7 +235,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     blind_argv = sft_steps + ["--blind"]
     blind_proc, blind_start = None, 0.0
     if cfg.blind_control and not (out / "sft_blind" / ".done.json").is_file() \
-            and not (out / "sft" / ".done.json").is_file() and (os.cpu_count() or 1) >= 2:
+            and not (out / "sft" / ".done.json").is_file() and _side_by_side(recipes):
         # The blind control is the same recipe on blank frames; it trains beside the SFT run (each
         # uses one CPU thread on the tiny profile). Its output goes to sft_blind.log.
         blind_dir = out / "sft_blind"
@@ -279,24 +279,32 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             argv += ["--adapter", str(adapter / "adapter")]
         if blind:
             argv += ["--blind"]
+        if beside:
+            argv += ["--num-threads", "1"]  # the training beside it has the other core
         _run_stage(f"eval/{key}", out, cfg.fresh,
                    lambda d: _call_stage("mllm4d_lite.evaluate", argv + ["--out", str(d)]), times, beside=beside)
 
     # With two cores, each evaluation runs on the second core as soon as its model exists: the
     # direct-prompt ones beside the cold start, the cold start's beside GRPO.
-    two_cores = (os.cpu_count() or 1) >= 2
+    side_by_side = _side_by_side(recipes)
     direct = [e for e in evals if e[3] == "direct"]
-    with _Beside(two_cores, [lambda e=e: evaluate(e[0], e[2], e[3], e[4], "cold_start" if two_cores else None)
+    with _Beside(side_by_side, [lambda e=e: evaluate(e[0], e[2], e[3], e[4], "cold_start" if side_by_side else None)
                              for e in direct]):
         _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
                                                        _steps("--max-steps", cfg.cold_start_steps)), times)
-    with _Beside(two_cores, [lambda: evaluate("cold_start", cold, "st-cot", False, "grpo" if two_cores else None)]):
+    with _Beside(side_by_side, [lambda: evaluate("cold_start", cold, "st-cot", False, "grpo" if side_by_side else None)]):
         _run_stage("grpo", out, cfg.fresh, train("grpo.yaml", "rft.jsonl", cold,
                                                  _steps("--max-steps", cfg.grpo_steps)), times)
     evaluate("grpo", grpo, "st-cot", False)
 
     report = build_demo_report(cfg, out, evals, times)
     return report
+
+
+def _side_by_side(recipes: Path) -> bool:
+    """Whether two jobs may run at once: the recipes train on the CPU (one thread each) and the
+    machine has two cores or more. On a GPU profile two jobs would share one GPU's memory."""
+    return (os.cpu_count() or 1) >= 2 and str(_recipe_value(recipes / "sft.yaml", "device", "")) == "cpu"
 
 
 def _recipe_value(path: Path, key: str, default: Any) -> Any:

@@ -249,6 +249,8 @@ class EvalRunConfig:
     quant: str | None = field(default=None, metadata={"help": "none | 4bit | 8bit"})
     dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default by device)"})
     use_unsloth: bool = field(default=False, metadata={"help": "load through Unsloth (CUDA only)"})
+    num_threads: int = field(default=0, metadata={
+        "help": "torch CPU threads (0 = torch's default; 1 when another job shares a 2-core machine)"})
 
     def validate(self) -> None:
         if not self.bench:
@@ -362,6 +364,10 @@ def _answer_all(cfg: EvalRunConfig, model, processor, todo: list[tuple[dict, Pat
 
 def run(cfg: EvalRunConfig) -> dict[str, Any]:
     """Answer every question of ``cfg.bench`` (resumable), write predictions and the report."""
+    if cfg.num_threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
     bench_path = Path(cfg.bench)
     entries = load_entries(bench_path)
     check_entries(entries, bench_path)
