@@ -268,8 +268,11 @@ def build_processor(family: str, tokenizer, max_pixels: int = 112 * 112, min_pix
 
 def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int = 0, hidden_size: int = 128,
                      num_layers: int = 4, max_pixels: int = 112 * 112, final_norm_gain: float = 2.0,
-                     vision: str = "random") -> Path:
+                     vision: str = "random", replace: bool = True) -> Path:
     """Build, save and return the folder of a randomly initialised tiny Qwen-VL + processor.
+
+    ``replace``: an existing ``out_dir`` is replaced; when False, a folder that another process
+    finished meanwhile is kept (the build is deterministic) and this build is dropped.
 
     Deterministic from ``seed``. Loadable with ``AutoModelForImageTextToText.from_pretrained`` and
     ``AutoProcessor.from_pretrained``; never touches the network. ``vision="motion"`` then gives
@@ -302,11 +305,12 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
     model.generation_config.pad_token_id = token_ids["<|endoftext|>"]
     model.generation_config.do_sample = False
     processor = build_processor(family, tokenizer, max_pixels=max_pixels)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        import shutil
+    import shutil
+    import tempfile
 
-        shutil.rmtree(tmp)
+    # a private temporary folder: two processes may build the same cached model at once
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     (tmp / "TINY_MODEL.txt").write_text(
@@ -314,11 +318,17 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
         f"(seed {seed}, hidden {hidden_size}, layers {num_layers}, final norm gain {final_norm_gain}, "
         f"vision tower {vision}, build {TINY_BUILD_VERSION}). Not a pretrained model.\n"
     )
-    if out_dir.exists():
-        import shutil
-
+    if out_dir.exists() and replace:
         shutil.rmtree(out_dir)
-    tmp.replace(out_dir)
+    try:
+        tmp.rename(out_dir)
+    except OSError:
+        if replace or not (out_dir / "config.json").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp)  # another process finished the same (deterministic) build first
+        log.info("tiny model %s was built by another process meanwhile; using it", out_dir)
+        return out_dir
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built tiny %s model: %.2f M parameters -> %s", family, n_params / 1e6, out_dir)
     return out_dir
@@ -385,7 +395,7 @@ def tiny_model_dir(family: str = "qwen2.5-vl", root: str | Path = "runs/tiny_mod
     suffix = "" if vision == "random" else f"-{vision}"
     path = Path(root) / f"{family}-seed{seed}-{TINY_BUILD_VERSION}{suffix}"
     if not (path / "config.json").is_file():
-        build_tiny_model(path, family=family, seed=seed, vision=vision)
+        build_tiny_model(path, family=family, seed=seed, vision=vision, replace=False)
     return path
 
 

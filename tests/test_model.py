@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,23 @@ def test_4bit_on_cpu_warns(tiny_qwen25):
 def test_missing_adapter_is_clear(tiny_qwen25, tmp_path):
     with pytest.raises(M.ModelSetupError, match="adapter_config.json"):
         M.load_model_and_processor(str(tiny_qwen25), adapter=str(tmp_path))
+
+
+def test_two_processes_building_the_same_tiny_model_both_succeed(tmp_path):
+    """The demo trains SFT and the blind control side by side from a fresh checkout: both
+    processes build the cached tiny model at once, and neither may break the other's build."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mllm4d_lite.model import tiny_model_dir; "
+            "print(tiny_model_dir('qwen2.5-vl', root=sys.argv[1], vision='motion'))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (stdout, stderr) in zip(procs, results):
+        assert proc.returncode == 0, stderr[-2000:]
+    folders = {stdout.strip() for stdout, _ in results}
+    assert len(folders) == 1
+    built = Path(folders.pop())
+    assert (built / "config.json").is_file() and (built / "TINY_MODEL.txt").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [built.name]  # no temporary folder left behind
