@@ -120,6 +120,8 @@ def test_recipes_exist_for_each_profile():
     ({"num_generations": 1}, ">= 2 completions"),
     ({"beta": -0.1}, "`beta` must be >= 0"),
     ({"scale_rewards": "std"}, "use group, batch or none"),
+    ({"top_p": 0.0}, "must be in \\(0, 1\\]"),
+    ({"top_k": -1}, "`top_k: -1` >= 0"),
 ])
 def test_bad_config_values_are_refused(bad, message):
     with pytest.raises((ValueError, ConfigError), match=message):
