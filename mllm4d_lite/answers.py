@@ -328,7 +328,7 @@ _TEXT_WINDOW = 3
 
 # --------------------------------------------------------------------------- public API
 
-_ANSWER_TAGGED = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)  # also the ST-reward's
 
 
 def answer_part(response: str | None) -> str | None:
@@ -350,7 +350,7 @@ def answer_part(response: str | None) -> str | None:
     """
     if response is None:
         return None
-    tagged = _ANSWER_TAGGED.search(response)
+    tagged = ANSWER_BLOCK.search(response)
     if tagged:
         return tagged.group(1)
     if "</thinking>" in response:

@@ -93,7 +93,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from mllm4d_lite.answers import answer_part, normalize_text, score_response
+from mllm4d_lite.answers import ANSWER_BLOCK, answer_part, normalize_text, score_response
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,6 @@ def _safe(reward: str, score: Callable[[], tuple[float, str | None]]) -> tuple[f
 # --------------------------------------------------------------------------- format
 
 _THINK_BLOCK = re.compile(r"<thinking>(.*?)</thinking>", re.DOTALL)
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _TAGS = ("<thinking>", "</thinking>", "<answer>", "</answer>")
 
 
@@ -298,7 +297,7 @@ def _format_score(text: str, opts: RewardOptions) -> tuple[float, str | None]:
     if opts.repeated_block_guard and any(text.count(tag) > 1 for tag in _TAGS):
         return 0.0, "repeated_blocks"
     think = _THINK_BLOCK.search(text)
-    answer = _ANSWER_BLOCK.search(text)
+    answer = ANSWER_BLOCK.search(text)
     reason = None if think and answer else "missing_blocks"
     if opts.empty_answer_guard and answer and not answer.group(1).strip():
         answer, reason = None, "empty_answer"
@@ -360,7 +359,7 @@ def _accuracy_score(text: str, answer: Any, choices: Any, question_type: Any,
                     opts: RewardOptions) -> tuple[float, str | None]:
     if answer is None:
         return 0.0, "bad_ground_truth"
-    tagged = _ANSWER_BLOCK.search(text)
+    tagged = ANSWER_BLOCK.search(text)
     if opts.empty_answer_guard and tagged and not tagged.group(1).strip():
         return 0.0, "empty_answer"
     if not opts.choice_matching:  # the release: exact string equality
