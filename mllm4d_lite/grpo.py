@@ -92,10 +92,20 @@ class GRPOConfigKit:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (paper 1.0)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling of the completions (1.0 = off, the paper)"})
     top_k: int = field(default=0, metadata={"help": "sample among the k likeliest tokens only (0 = off, the paper)"})
+    min_p: float = field(default=0.0, metadata={
+        "help": "drop tokens below min_p x the likeliest token's probability when sampling (0 = off, the paper)"})
     beta: float = field(default=0.001, metadata={"help": "KL coefficient (paper 0.001; TRL's default 0)"})
     scale_rewards: str = field(default="group", metadata={
         "help": "advantage scaling: group (divide by the group's reward std, GRPO as published) | batch | "
                 "none (Dr. GRPO: keep the reward scale, so tiny differences stay tiny)"})
+    loss_type: str = field(default="dapo", metadata={
+        "help": "how token losses are averaged (TRL): dapo (over all tokens of the batch, TRL's default) | "
+                "grpo (per completion, then over completions, GRPO as published) | bnpo | dr_grpo"})
+    top_entropy_quantile: float = field(default=1.0, metadata={
+        "help": "train only on this top fraction of completion tokens by entropy (1.0 = all, the paper)"})
+    num_iterations: int = field(default=1, metadata={
+        "help": "optimizer steps per generated batch (PPO-style reuse, clipped by epsilon; 1 = the paper)"})
+    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (paper: AdamW)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "learning rate (paper 1e-4)"})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
     max_steps: int = field(default=40, metadata={"help": "optimizer steps (-1: use num_train_epochs)"})
@@ -141,6 +151,14 @@ class GRPOConfigKit:
             raise ValueError("`beta` must be >= 0, `temperature` and `learning_rate` > 0")
         if not (0 < self.top_p <= 1) or self.top_k < 0:
             raise ValueError(f"`top_p: {self.top_p}` must be in (0, 1] and `top_k: {self.top_k}` >= 0")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"`min_p: {self.min_p}` must be in [0, 1)")
+        if not 0 <= self.top_entropy_quantile <= 1:
+            raise ValueError(f"`top_entropy_quantile: {self.top_entropy_quantile}` must be in [0, 1]")
+        if self.num_iterations < 1:
+            raise ValueError(f"`num_iterations: {self.num_iterations}` must be >= 1")
+        if self.loss_type not in ("dapo", "grpo", "bnpo", "dr_grpo"):
+            raise ValueError(f"`loss_type: {self.loss_type}`: use dapo, grpo, bnpo or dr_grpo")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"`scale_rewards: {self.scale_rewards}`: use group, batch or none")
         if self.vllm_mode not in ("colocate", "server"):
@@ -586,9 +604,14 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         top_k=cfg.top_k,
+        min_p=cfg.min_p or None,
         beta=cfg.beta,
         scale_rewards=cfg.scale_rewards,
+        loss_type=cfg.loss_type,
+        top_entropy_quantile=cfg.top_entropy_quantile,
         learning_rate=cfg.learning_rate,
+        optim=cfg.optim,
+        num_iterations=cfg.num_iterations,
         lr_scheduler_type=cfg.lr_scheduler_type,
         max_steps=cfg.max_steps,
         num_train_epochs=cfg.num_train_epochs,

@@ -120,8 +120,12 @@ def test_recipes_exist_for_each_profile():
     ({"num_generations": 1}, ">= 2 completions"),
     ({"beta": -0.1}, "`beta` must be >= 0"),
     ({"scale_rewards": "std"}, "use group, batch or none"),
+    ({"loss_type": "ppo"}, "use dapo, grpo, bnpo or dr_grpo"),
+    ({"top_entropy_quantile": 1.5}, "must be in \\[0, 1\\]"),
+    ({"num_iterations": 0}, "`num_iterations: 0` must be >= 1"),
     ({"top_p": 0.0}, "must be in \\(0, 1\\]"),
     ({"top_k": -1}, "`top_k: -1` >= 0"),
+    ({"min_p": 1.0}, "`min_p: 1.0` must be in \\[0, 1\\)"),
 ])
 def test_bad_config_values_are_refused(bad, message):
     with pytest.raises((ValueError, ConfigError), match=message):
@@ -222,6 +226,43 @@ def test_video_reaches_the_policy_logprobs_and_gradients(grpo_data, family, requ
         (stock - seen).abs()[cmask].max(), (g_seen - g_blind).norm() / g_seen.norm())
     assert g_seen.abs().sum() > 0
     assert (g_seen - g_blind).abs().max() > 1e-6 * g_seen.abs().max() + 1e-9
+
+
+def test_a_step_along_the_grpo_loss_gradient_follows_the_advantages(grpo_data, tiny_qwen25, cold_start_adapter,
+                                                                  tmp_path):
+    """One small step down the kit's GRPO loss (video rows, TRL's loss code) must raise the
+    log-probability of the completions given a positive advantage and lower the others (a sign
+    error, or advantages paired with the wrong completions, breaks this)."""
+    cfg = _cfg(grpo_data, tiny_qwen25, tmp_path, adapter_init=str(cold_start_adapter), temperature=1.5, beta=0.0)
+    trainer = grpo.build_trainer(cfg)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions([trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2)
+    rows = out["video_inputs"]
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    keep, cmask = out["completion_ids"].size(1), out["completion_mask"]
+    assert len({tuple(r[m.bool()].tolist()) for r, m in zip(out["completion_ids"], cmask)}) == 4, "need 4 distinct completions"
+
+    def sequence_logps():
+        with torch.no_grad(), trainer.video_scope(rows):
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+        return (logps * cmask).sum(-1)
+
+    advantages = torch.tensor([1.0, -1.0, -1.0, 1.0])  # one up and one down in each group
+    before = sequence_logps()
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.compute_loss(trainer.model, dict(out, advantages=advantages)).backward()
+    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None))
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p -= 0.01 * p.grad / norm
+    change = sequence_logps() - before
+    logging.getLogger(__name__).info("advantages %s -> log-prob change %s", advantages.tolist(), change.tolist())
+    assert torch.equal(torch.sign(change), advantages), f"log-prob changes {change.tolist()} vs advantages {advantages.tolist()}"
 
 
 def test_batch_with_video_tokens_but_no_features_raises(grpo_data, tiny_qwen25, tmp_path):
