@@ -437,6 +437,18 @@ def _accuracy_plot(rows: list[dict[str, Any]], chance: float | None, path: Path)
     return save_figure(fig, path, dpi=110)
 
 
+def _grpo_reward_line(grpo: dict[str, Any]) -> str:
+    """The GRPO training reward, first -> last fifth, and whether the fifths compare the same prompts."""
+    line = (f"GRPO training reward, first -> last fifth of the steps: {grpo['reward_first_fifth']:.3f} -> "
+            f"{grpo['reward_last_fifth']:.3f} (rise {grpo['reward_rise']:+.3f}")
+    if grpo.get("fifths_see_same_prompts"):
+        return line + f"; every fifth saw the same {grpo['train_prompts']} prompts)."
+    if grpo.get("train_prompts"):
+        return line + (f"; the fifths drew different prompts from {grpo['train_prompts']}, so the rise also "
+                       "reflects which prompts were drawn).")
+    return line + ")."
+
+
 def _rel(path: Path, out: Path) -> str:
     return os.path.relpath(path, out)
 
@@ -479,11 +491,8 @@ def _report_markdown(report: dict[str, Any], out: Path, accuracy_png: Path | Non
         lines += ["SFT loss:", "", f"![SFT loss]({_rel(out / 'sft' / 'loss.png', out)})", ""]
     if (out / "cold_start" / "loss.png").is_file():
         lines += ["Cold-start loss:", "", f"![cold-start loss]({_rel(out / 'cold_start' / 'loss.png', out)})", ""]
-    if grpo:
-        keys = [k for k in grpo if "reward" in k and not isinstance(grpo[k], (dict, list))]
-        if keys:
-            lines += ["GRPO: " + ", ".join(f"{k} {grpo[k]:.3f}" if isinstance(grpo[k], float) else f"{k} {grpo[k]}"
-                                           for k in keys), ""]
+    if grpo.get("reward_rise") is not None:
+        lines += [_grpo_reward_line(grpo), ""]
     if (out / "grpo" / "reward_curve.png").is_file():
         lines += [f"![GRPO reward]({_rel(out / 'grpo' / 'reward_curve.png', out)})", ""]
     plots = sorted((out / "curate" / "plots").glob("*.png"))[:2] if (out / "curate" / "plots").is_dir() else []

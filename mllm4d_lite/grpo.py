@@ -516,6 +516,19 @@ def fifth_means(values: Sequence[float]) -> tuple[float, float]:
     return sum(vals[:k]) / k, sum(vals[-k:]) / k
 
 
+def fifths_see_same_prompts(steps: int, num_prompts: int, prompts_per_step: float) -> bool:
+    """True when every fifth of a run is a whole number of passes over the same prompt pool.
+
+    Only then does "last fifth minus first fifth" of the training reward compare like with like:
+    over less than one pass each fifth draws different prompts, and the per-step reward follows
+    which prompts were drawn as much as what the policy learnt.
+    """
+    if steps < 5 or steps % 5 or num_prompts < 1 or prompts_per_step <= 0:
+        return False
+    per_fifth = steps // 5 * prompts_per_step
+    return per_fifth == int(per_fifth) and int(per_fifth) % num_prompts == 0
+
+
 def plot_reward_curve(rows: Sequence[dict[str, Any]], reward_names: Sequence[str], path: str | Path) -> None:
     """Total reward and each (unweighted) component per step -> PNG."""
     import matplotlib
@@ -670,6 +683,9 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
     if rows:
         plot_reward_curve(rows, cfg.reward_funcs, out_dir / "reward_curve.png")
     first, last = fifth_means([r["reward"] for r in rows])
+    num_prompts = len(trainer.train_dataset)
+    prompts_per_step = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * trainer.accelerator.num_processes
+                        / cfg.num_generations / cfg.num_iterations)
     fmt = [r.get("format") for r in rows if r.get("format") is not None]
     steps = trainer.state.global_step
     done_now = max(1, steps - (int(Path(resume_from).name.split("-")[-1]) if resume_from else 0))
@@ -680,6 +696,8 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
         "reward_first_fifth": first,
         "reward_last_fifth": last,
         "reward_rise": last - first,
+        "train_prompts": num_prompts,
+        "fifths_see_same_prompts": fifths_see_same_prompts(steps, num_prompts, prompts_per_step),
         "format_last": fmt[-1] if fmt else None,
         "format_last_fifth": fifth_means(fmt)[1] if fmt else None,
         "peak_memory_gb": round(_peak_memory_gb(), 3),
@@ -706,11 +724,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fmt = summary["format_last"]
     print(f"grpo: {summary['steps']} steps in {summary['elapsed_s']:.0f} s ({summary['s_per_step']:.2f} s/step) | "
-          f"reward {summary['reward_first_fifth']:.3f} -> {summary['reward_last_fifth']:.3f} (first/last fifth) | "
+          f"reward {summary['reward_first_fifth']:.3f} -> {summary['reward_last_fifth']:.3f} (first/last fifth"
+          f"{', same prompts' if summary['fifths_see_same_prompts'] else ', different prompts'}) | "
           f"format {'n/a' if fmt is None else f'{fmt:.2f}'} (last step) | adapter -> {summary['adapter']}")
     return 0
 
 
-__all__ = ["GRPOConfigKit", "build_dataset", "build_trainer", "fifth_means", "load_rft_records", "main",
+__all__ = ["GRPOConfigKit", "build_dataset", "build_trainer", "fifth_means", "fifths_see_same_prompts", "load_rft_records", "main",
            "metrics_row", "plot_reward_curve", "prompt_messages", "run", "video_rows_for"]
 

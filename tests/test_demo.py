@@ -74,6 +74,20 @@ def test_report_numbers_equal_eval_json(demo_run):
         assert g["diff_points"] == pytest.approx(acc[a] - acc[b], abs=0.01)
         assert g["within_noise"] == (abs(g["diff_points"]) <= 2 * g["se_points"])
         assert f"{a} - {b}: {g['diff_points']:+.2f} points" in md
+    # the GRPO reward line carries the run's own figures
+    grpo_summary = json.loads((out / "grpo" / "summary.json").read_text())
+    assert report["grpo"] == grpo_summary
+    assert f"{grpo_summary['reward_first_fifth']:.3f} -> {grpo_summary['reward_last_fifth']:.3f}" in md
+
+
+@pytest.mark.parametrize("summary, says", [
+    ({"reward_first_fifth": 0.4, "reward_last_fifth": 0.5, "reward_rise": 0.1, "train_prompts": 24,
+      "fifths_see_same_prompts": True}, "0.400 -> 0.500 (rise +0.100; every fifth saw the same 24 prompts)"),
+    ({"reward_first_fifth": 0.4, "reward_last_fifth": 0.3, "reward_rise": -0.1, "train_prompts": 218,
+      "fifths_see_same_prompts": False}, "(rise -0.100; the fifths drew different prompts from 218"),
+])
+def test_grpo_reward_line_says_whether_the_fifths_compare_the_same_prompts(summary, says):
+    assert says in demo._grpo_reward_line(summary)
 
 
 def test_gap_standard_error_is_the_binomial_one():

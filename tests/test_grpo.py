@@ -96,11 +96,16 @@ def test_recipes_load_with_paper_values(recipe):
     cfg = parse_config(grpo.GRPOConfigKit, ["--config", str(recipe)], prog="test")
     assert cfg.reward_funcs == ["format", "accuracy", "camera", "object"]
     assert cfg.reward_weights == [0.2, 0.6, 0.1, 0.1]
-    assert cfg.beta == pytest.approx(0.001)  # kept above zero (TRL's default is 0)
-    # the paper's 1.0 on the GPU profiles; the tiny model samples at 0.7 (explained in its header)
-    assert cfg.temperature == (0.7 if recipe.parent.name == "tiny" else 1.0)
+    assert cfg.temperature == 1.0  # the paper's value on every profile
     if recipe.parent.name == "tiny":
-        assert "temperature 1.0                -> 0.7" in recipe.read_text()
+        # the tiny model's deviations, each explained in its header: min_p sampling, a stronger KL
+        # term, and a prompt pool that makes each fifth of the run one pass over the same prompts
+        assert (cfg.min_p, cfg.beta) == (0.2, pytest.approx(0.05))
+        assert "beta (KL) 0.001                -> 0.05" in recipe.read_text()
+        prompts_per_step = cfg.per_device_train_batch_size // cfg.num_generations
+        assert grpo.fifths_see_same_prompts(cfg.max_steps, cfg.max_samples, prompts_per_step)
+    else:
+        assert cfg.beta == pytest.approx(0.001) and cfg.min_p == 0.0  # the paper's; kept above TRL's 0
     assert cfg.learning_rate == pytest.approx(1e-4)  # the paper's value on every profile
     assert cfg.use_st_cot_prompt and not cfg.blind
     assert cfg.num_generations == (4 if recipe.parent.name == "tiny" else 8)
@@ -163,6 +168,19 @@ def test_fifth_means():
     first, last = grpo.fifth_means([0.0] * 5 + [0.5] * 10 + [1.0] * 5)
     assert (first, last) == (0.0, 1.0)
     assert grpo.fifth_means([0.2, 0.4]) == (0.2, 0.4)
+
+
+@pytest.mark.parametrize("steps, prompts, per_step, same", [
+    (60, 24, 2, True),     # 12 steps per fifth x 2 prompts = one pass over 24 prompts
+    (60, 12, 2, True),     # two passes per fifth
+    (60, 218, 2, False),   # 24 of 218 prompts per fifth: each fifth draws different ones
+    (60, 16, 2, False),    # 24 draws per fifth is 1.5 passes over 16
+    (62, 24, 2, False),    # fifths of unequal length
+    (240, 24, 0.5, True),  # num_iterations 4: a new pair of prompts every 4 steps
+    (0, 24, 2, False),
+])
+def test_fifths_see_same_prompts(steps, prompts, per_step, same):
+    assert grpo.fifths_see_same_prompts(steps, prompts, per_step) is same
 
 
 # ------------------------------------------------------------------------ video reaches policy
