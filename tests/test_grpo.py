@@ -100,7 +100,7 @@ def test_recipes_load_with_paper_values(recipe):
     if recipe.parent.name == "tiny":
         # the tiny model's deviations, each explained in its header: min_p sampling, a stronger KL
         # term, and a prompt pool that makes each fifth of the run one pass over the same prompts
-        assert (cfg.min_p, cfg.beta) == (0.2, pytest.approx(0.05))
+        assert (cfg.min_p, cfg.beta, cfg.loss_type) == (0.2, pytest.approx(0.05), "grpo")
         assert "beta (KL) 0.001                -> 0.05" in recipe.read_text()
         prompts_per_step = cfg.per_device_train_batch_size // cfg.num_generations
         assert grpo.fifths_see_same_prompts(cfg.max_steps, cfg.max_samples, prompts_per_step)
