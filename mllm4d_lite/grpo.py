@@ -105,7 +105,8 @@ class GRPOConfigKit:
         "help": "train only on this top fraction of completion tokens by entropy (1.0 = all, the paper)"})
     num_iterations: int = field(default=1, metadata={
         "help": "optimizer steps per generated batch (PPO-style reuse, clipped by epsilon; 1 = the paper)"})
-    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (paper: AdamW)"})
+    optim: str | None = field(default=None, metadata={
+        "help": "transformers optimizer name, e.g. sgd (none = transformers' AdamW default, as the paper)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "learning rate (paper 1e-4)"})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name"})
     max_steps: int = field(default=40, metadata={"help": "optimizer steps (-1: use num_train_epochs)"})
@@ -623,7 +624,6 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
         loss_type=cfg.loss_type,
         top_entropy_quantile=cfg.top_entropy_quantile,
         learning_rate=cfg.learning_rate,
-        optim=cfg.optim,
         num_iterations=cfg.num_iterations,
         lr_scheduler_type=cfg.lr_scheduler_type,
         max_steps=cfg.max_steps,
@@ -643,6 +643,7 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
         generation_kwargs={"suppress_tokens": suppress},  # a sampled vision token would break the next forward
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **({"optim": cfg.optim} if cfg.optim else {}),
     )
     reward_funcs = get_reward_funcs(cfg.reward_funcs, strict_release=cfg.strict_release_rewards)
     trainer_cls = _make_trainer_class()
@@ -684,8 +685,8 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
         plot_reward_curve(rows, cfg.reward_funcs, out_dir / "reward_curve.png")
     first, last = fifth_means([r["reward"] for r in rows])
     num_prompts = len(trainer.train_dataset)
-    prompts_per_step = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * trainer.accelerator.num_processes
-                        / cfg.num_generations / cfg.num_iterations)
+    prompts_per_step = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+                        * trainer.accelerator.num_processes / cfg.num_generations / cfg.num_iterations)
     fmt = [r.get("format") for r in rows if r.get("format") is not None]
     steps = trainer.state.global_step
     done_now = max(1, steps - (int(Path(resume_from).name.split("-")[-1]) if resume_from else 0))
@@ -730,6 +731,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["GRPOConfigKit", "build_dataset", "build_trainer", "fifth_means", "fifths_see_same_prompts", "load_rft_records", "main",
-           "metrics_row", "plot_reward_curve", "prompt_messages", "run", "video_rows_for"]
+__all__ = ["GRPOConfigKit", "build_dataset", "build_trainer", "fifth_means", "fifths_see_same_prompts",
+           "load_rft_records", "main", "metrics_row", "plot_reward_curve", "prompt_messages", "run", "video_rows_for"]
 
