@@ -950,6 +950,15 @@ def plot_trajectories(clip: Clip, path: str | Path) -> Path:
 # CLI
 
 
+def parse_range(text: Any, what: str = "range") -> tuple[float, float]:
+    """``"MIN,MAX"`` (metres) -> ``(MIN, MAX)``; a clear ValueError naming ``what`` otherwise."""
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"{what} must be MIN,MAX in metres such as 2.5,7.5, got {text!r}") from None
+    return (lo, hi)
+
+
 @dataclass
 class SynthConfig:
     out: str = field(default="runs/synth", metadata={"help": "output folder (one sub-folder per clip)"})
@@ -984,11 +993,7 @@ class SynthConfig:
         """The :class:`SceneOptions` keyword arguments these settings stand for."""
 
         def pair(name: str) -> tuple[float, float]:
-            try:
-                lo, hi = (float(v) for v in str(getattr(self, name)).split(","))
-            except ValueError:
-                raise ValueError(f"`{name}` must be MIN,MAX in metres such as 2.5,7.5, got {getattr(self, name)!r}") from None
-            return (lo, hi)
+            return parse_range(getattr(self, name), f"`{name}`")
 
         opts: dict[str, Any] = dict(baseline_m=self.baseline_m, hfov_deg=self.hfov_deg, noise_std=self.noise_std,
                                     blur_sigma=self.blur_sigma, gain_jitter=self.gain_jitter, vignette=self.vignette,

@@ -231,13 +231,14 @@ def by_answer(eval_json: Path, bench: list[dict]) -> dict[str, dict]:
 
 
 def _range(text: str | None) -> tuple[float, float] | None:
+    from mllm4d_lite.synth import parse_range
+
     if text is None:
         return None
     try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise SystemExit(f"expected MIN,MAX in metres such as 2.5,3.5, got {text!r}") from None
-    return (lo, hi)
+        return parse_range(text, "the range")
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def filter_jsonl(src: Path, dst: Path, categories: tuple[str, ...] | None) -> int:
