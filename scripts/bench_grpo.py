@@ -16,6 +16,7 @@ fifth is one whole pass, and first vs last fifth compare the same prompts.
 
     .venv/bin/python scripts/bench_grpo.py                        # ~3.5 min after `bash run.sh`
     .venv/bin/python scripts/bench_grpo.py --set max_steps=150 --eval-samples 0
+    .venv/bin/python scripts/bench_grpo.py --cold-start runs/cs1800/adapter --curate runs/rft_clips/curate
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", default="runs/demo", help="demo output folder (cold_start/adapter, curate/)")
+    ap.add_argument("--cold-start", default=None, help="cold-start adapter folder (default: DEMO/cold_start/adapter)")
+    ap.add_argument("--curate", default=None,
+                    help="curate folder with rft.jsonl and bench.json (default: DEMO/curate), e.g. clips the "
+                         "cold start never saw")
     ap.add_argument("--out", default="runs/bench_grpo")
     ap.add_argument("--recipe", default=str(REPO / "recipes/tiny/grpo.yaml"))
     ap.add_argument("--pool", type=int, default=-1,
@@ -49,10 +54,13 @@ def main() -> int:
     from mllm4d_lite.config import build_config, load_yaml, parse_overrides
 
     demo = Path(args.demo)
-    adapter, rft, bench = demo / "cold_start" / "adapter", demo / "curate" / "rft.jsonl", demo / "curate" / "bench.json"
+    adapter = Path(args.cold_start) if args.cold_start else demo / "cold_start" / "adapter"
+    curate = Path(args.curate) if args.curate else demo / "curate"
+    rft, bench = curate / "rft.jsonl", curate / "bench.json"
     missing = [str(p) for p in (adapter / "adapter_config.json", rft, bench) if not p.is_file()]
     if missing:
-        sys.exit(f"bench_grpo: missing {missing}; run the demo first (`bash run.sh`) or pass --demo DIR")
+        sys.exit(f"bench_grpo: missing {missing}; run the demo first (`bash run.sh`) or pass --demo / "
+                 "--cold-start / --curate")
     out = Path(args.out)
     values = load_yaml(args.recipe)
     values.update(adapter_init=str(adapter), train_file=str(rft), output_dir=str(out / "grpo"))
