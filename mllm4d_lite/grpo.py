@@ -134,6 +134,11 @@ class GRPOConfigKit:
     num_threads: int = field(default=0, metadata={
         "help": "torch CPU threads (0 = torch's default; 1 is fastest for the tiny model on a busy CPU)"})
 
+    def prompts_per_step(self, num_processes: int = 1) -> float:
+        """New prompts drawn per optimizer step (each batch is reused ``num_iterations`` times)."""
+        return (self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
+                / self.num_generations / self.num_iterations)
+
     def validate(self) -> None:
         from mllm4d_lite.rewards import REWARD_NAMES
 
@@ -685,8 +690,7 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
         plot_reward_curve(rows, cfg.reward_funcs, out_dir / "reward_curve.png")
     first, last = fifth_means([r["reward"] for r in rows])
     num_prompts = len(trainer.train_dataset)
-    prompts_per_step = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-                        * trainer.accelerator.num_processes / cfg.num_generations / cfg.num_iterations)
+    prompts_per_step = cfg.prompts_per_step(trainer.accelerator.num_processes)
     fmt = [r.get("format") for r in rows if r.get("format") is not None]
     steps = trainer.state.global_step
     done_now = max(1, steps - (int(Path(resume_from).name.split("-")[-1]) if resume_from else 0))

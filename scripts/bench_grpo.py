@@ -66,9 +66,7 @@ def main() -> int:
     values.update(adapter_init=str(adapter), train_file=str(rft), output_dir=str(out / "grpo"))
     values.update(parse_overrides(args.set))
     cfg = build_config(grpo.GRPOConfigKit, values, source=args.recipe)
-    prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps / cfg.num_generations \
-        / cfg.num_iterations
-    pool = round(cfg.max_steps // 5 * prompts_per_step) if args.pool < 0 else args.pool
+    pool = round(cfg.max_steps // 5 * cfg.prompts_per_step()) if args.pool < 0 else args.pool
     cfg.max_samples = pool or None
     cfg.validate()
 

@@ -102,8 +102,7 @@ def test_recipes_load_with_paper_values(recipe):
         # term, and a prompt pool that makes each fifth of the run one pass over the same prompts
         assert (cfg.min_p, cfg.beta, cfg.loss_type) == (0.2, pytest.approx(0.05), "grpo")
         assert "beta (KL) 0.001                -> 0.05" in recipe.read_text()
-        prompts_per_step = cfg.per_device_train_batch_size // cfg.num_generations
-        assert grpo.fifths_see_same_prompts(cfg.max_steps, cfg.max_samples, prompts_per_step)
+        assert grpo.fifths_see_same_prompts(cfg.max_steps, cfg.max_samples, cfg.prompts_per_step())
     else:
         assert cfg.beta == pytest.approx(0.001) and cfg.min_p == 0.0  # the paper's; kept above TRL's 0
     assert cfg.learning_rate == pytest.approx(1e-4)  # the paper's value on every profile
