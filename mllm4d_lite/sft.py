@@ -321,7 +321,7 @@ def quick_eval(model, processor, entries: Sequence[dict[str, Any]], cache, mode:
     from tqdm import tqdm
 
     from mllm4d_lite import prompts
-    from mllm4d_lite.answers import answer_part, score_response
+    from mllm4d_lite.evaluate import scored
     from mllm4d_lite.model import generate_answers
 
     system = prompts.ST_COT_SYSTEM_PROMPT if mode == "st-cot" else None
@@ -333,9 +333,10 @@ def quick_eval(model, processor, entries: Sequence[dict[str, Any]], cache, mode:
         replies = generate_answers(model, processor, texts, [cache.get(e["video_path"]) for e in chunk],
                                    system_prompt=system, max_new_tokens=max_new_tokens)
         for entry, reply in zip(chunk, replies):
-            score, extracted = score_response(entry, answer_part(reply) if mode == "st-cot" else reply)
+            result = scored(entry, reply, st_cot=mode == "st-cot")  # as `mllm4d eval run` scores it
             preds.append({"id": entry["id"], "category": entry.get("category", "?"), "response": reply,
-                          "extracted": extracted, "score": score, "format_ok": follows_st_cot_format(reply)})
+                          "extracted": result["extracted"], "score": result["score"],
+                          "format_ok": follows_st_cot_format(reply)})
     by_cat: dict[str, dict[str, float]] = {}
     for p in preds:
         c = by_cat.setdefault(p["category"], {"n": 0, "accuracy": 0.0})
