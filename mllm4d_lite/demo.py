@@ -39,6 +39,7 @@ PROFILE_CLIPS = {"tiny": "tiny_data/lateral", "gpu-24gb": "tiny_data"}
 PROFILE_OPTION_ORDER = {"tiny": "fixed", "gpu-24gb": "balanced"}
 REPO = Path(__file__).resolve().parent.parent
 MIN_GAP_N = 10  # per-category differences are reported for categories with at least this many questions
+GAP_PAIRS = (("sft", "blind"), ("grpo", "cold_start"))  # the differences the report gives with their noise
 
 
 @dataclass
@@ -162,11 +163,17 @@ def _run_stage(name: str, out: Path, fresh: bool, body: Callable[[Path], None], 
     log.info("=" * 72)
     start = time.time()
     body(stage_dir)
-    times[name] = round(time.time() - start, 1)
-    atomic_write_json(marker, {"stage": name, "wall_s": times[name], "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               **({"beside": beside} if beside else {})})
-    log.info("== %s finished in %.0f s", name, times[name])
+    _finish_stage(name, out, round(time.time() - start, 1), times, beside)
     return stage_dir
+
+
+def _finish_stage(name: str, out: Path, wall_s: float, times: dict[str, float], beside: str | None = None) -> None:
+    """Record a finished stage: its wall time in ``times`` and its ``.done.json`` marker."""
+    times[name] = wall_s
+    atomic_write_json(out / name / ".done.json", {"stage": name, "wall_s": wall_s,
+                                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                  **({"beside": beside} if beside else {})})
+    log.info("== %s finished in %.0f s%s", name, wall_s, f" (beside {beside})" if beside else "")
 
 
 def _subset_clips(cfg: DemoConfig, out: Path) -> Path:
@@ -249,11 +256,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         if blind_proc is not None:
             log.info("== sft_blind: waiting for the blind control trained beside SFT (log: %s)", out / "sft_blind.log")
             _wait_stage(blind_proc)
-            times["sft_blind"] = round(time.time() - blind_start, 1)
-            atomic_write_json(out / "sft_blind" / ".done.json", {
-                "stage": "sft_blind", "wall_s": times["sft_blind"], "beside": "sft",
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-            log.info("== sft_blind finished in %.0f s (beside sft)", times["sft_blind"])
+            _finish_stage("sft_blind", out, round(time.time() - blind_start, 1), times, beside="sft")
     except BaseException:
         if blind_proc is not None and blind_proc.poll() is None:
             blind_proc.kill()
@@ -337,7 +340,7 @@ def _category_gaps(by_key: dict[str, dict[str, Any]], min_n: int = MIN_GAP_N) ->
     """SFT - blind and GRPO - cold start per category, for categories with at least ``min_n``
     questions, each with the standard error of the difference (:func:`_gap`)."""
     gaps = []
-    for a, b in (("sft", "blind"), ("grpo", "cold_start")):
+    for a, b in GAP_PAIRS:
         if a not in by_key or b not in by_key:
             continue
         ra, rb = by_key[a], by_key[b]
@@ -380,8 +383,7 @@ def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, 
                      "categories": {c["category"]: c["accuracy"] for c in section["categories"]},
                      "category_n": {c["category"]: c["n"] for c in section["categories"]}})
     by_key = {r["key"]: r for r in rows}
-    gaps = [_gap(by_key[a], by_key[b]) for a, b in (("sft", "blind"), ("grpo", "cold_start"))
-            if a in by_key and b in by_key]
+    gaps = [_gap(by_key[a], by_key[b]) for a, b in GAP_PAIRS if a in by_key and b in by_key]
     category_gaps = _category_gaps(by_key)
     grpo_summary = _read_json(out / "grpo" / "summary.json") or {}
     sft_summary = _read_json(out / "sft" / "summary.json") or {}
