@@ -991,14 +991,11 @@ class SynthConfig:
 
     def scene_options(self) -> dict[str, Any]:
         """The :class:`SceneOptions` keyword arguments these settings stand for."""
-
-        def pair(name: str) -> tuple[float, float]:
-            return parse_range(getattr(self, name), f"`{name}`")
-
         opts: dict[str, Any] = dict(baseline_m=self.baseline_m, hfov_deg=self.hfov_deg, noise_std=self.noise_std,
                                     blur_sigma=self.blur_sigma, gain_jitter=self.gain_jitter, vignette=self.vignette,
-                                    specular=self.specular, depth_range_m=pair("depth_range"),
-                                    travel_range_m=pair("travel_range"))
+                                    specular=self.specular,
+                                    depth_range_m=parse_range(self.depth_range, "`depth_range`"),
+                                    travel_range_m=parse_range(self.travel_range, "`travel_range`"))
         if self.camera_motion:
             opts["camera_motion"] = self.camera_motion
         if self.num_objects:
