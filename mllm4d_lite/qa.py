@@ -11,7 +11,8 @@ Output (``build_datasets``): ``sft.jsonl``, ``cot.jsonl``, ``rft.jsonl``, ``benc
 ``qa_summary.json``; training files come from train clips only, the benchmark from bench clips
 only (split by clip, seeded). The three training files hold the same questions (SFT: direct
 prompt, letter / number response; CoT: ST-CoT system prompt and target; RFT: ST-CoT prompt +
-``solution``). Records follow design.md plus ``answer_letter`` (MC; null for numeric).
+``solution``), unless ``rft_fraction`` > 0 sets clips aside for ``rft.jsonl`` alone: then GRPO
+prompts come from clips that SFT and the cold start never saw. Records follow design.md plus ``answer_letter`` (MC; null for numeric).
 
 Command line: ``mllm4d qa --annotations runs/curate/annotations --out runs/qa`` (estimated),
 ``mllm4d qa --use-gt --clips tiny_data --out runs/qa_gt`` (ground truth), and ``--score`` with
@@ -148,6 +149,7 @@ class QAConfig:
 
     qa_seed: int = field(default=0, metadata={"help": "seed of the clip split, phrasing, distractors and letters"})
     bench_fraction: float = field(default=0.25, metadata={"help": "share of clips (not questions) held out for bench.json"})
+    rft_fraction: float = field(default=0.0, metadata={"help": "share of all clips whose questions go to rft.jsonl only, so that GRPO prompts come from clips SFT and the cold start never saw (as the paper's RFT set is its own); 0 = rft.jsonl holds the training clips' questions"})
     qa_static_max_m: float = field(default=0.15, metadata={"help": "displacement / distance change below this = 'not moving' / 'same' (m)"})
     qa_moving_min_m: float = field(default=0.3, metadata={"help": "displacement / distance change above this = moving / changing (m); between the two: dropped"})
     qa_direction_margin_deg: float = field(default=15.0, metadata={"help": "drop direction questions whose motion lies within this angle of a diagonal (deg)"})
@@ -173,6 +175,9 @@ class QAConfig:
     def validate(self) -> None:
         if not 0.0 <= self.bench_fraction < 1.0:
             raise ConfigError(f"bench_fraction must be in [0, 1), got {self.bench_fraction}")
+        if not 0.0 <= self.rft_fraction < 1.0 or self.bench_fraction + self.rft_fraction >= 1.0:
+            raise ConfigError(f"rft_fraction must be in [0, 1) with bench_fraction + rft_fraction < 1 (training clips "
+                              f"must remain), got rft_fraction {self.rft_fraction}, bench_fraction {self.bench_fraction}")
         pairs = [("qa_static_max_m", "qa_moving_min_m"), ("qa_turn_static_deg", "qa_turn_min_deg"),
                  ("qa_rotation_static_deg", "qa_rotation_min_deg"), ("qa_speed_same_ratio", "qa_speed_faster_ratio")]
         for low, high in pairs:
@@ -893,14 +898,20 @@ def generate_questions(ann: dict[str, Any], cfg: QAConfig, capped: bool = True,
 
 
 def split_clips(clip_ids: Iterable[str], cfg: QAConfig) -> dict[str, str]:
-    """clip_id -> "train" | "bench", seeded; at least one bench clip when there are >= 2 clips and
-    bench_fraction > 0."""
+    """clip_id -> "train" | "rft" | "bench", seeded; at least one bench clip when there are >= 2
+    clips and bench_fraction > 0, likewise one RFT clip when rft_fraction > 0, and always one train
+    clip. The bench clips do not depend on ``rft_fraction``: RFT clips are taken from the rest."""
     ids = sorted(set(clip_ids))
     random.Random(f"{cfg.qa_seed}|split").shuffle(ids)
     n_bench = int(round(cfg.bench_fraction * len(ids)))
     if cfg.bench_fraction > 0 and len(ids) >= 2:
         n_bench = min(max(n_bench, 1), len(ids) - 1)
-    return {cid: ("bench" if i < n_bench else "train") for i, cid in enumerate(ids)}
+    n_rft = int(round(cfg.rft_fraction * len(ids)))
+    if cfg.rft_fraction > 0 and len(ids) - n_bench >= 2:
+        n_rft = min(max(n_rft, 1), len(ids) - n_bench - 1)
+    else:
+        n_rft = 0
+    return {cid: ("bench" if i < n_bench else "rft" if i < n_bench + n_rft else "train") for i, cid in enumerate(ids)}
 
 
 def _limit_answer_share(questions: list[Question], cfg: QAConfig, split: str) -> tuple[list[Question], int]:
@@ -1044,7 +1055,8 @@ def _record(q: Question, choices: dict[str, str] | None, out_dir: Path, qid: str
 
 
 def build_datasets(annotations: list[dict[str, Any]], out_dir: Path, cfg: QAConfig) -> dict[str, Any]:
-    """Write ``sft.jsonl``, ``cot.jsonl``, ``rft.jsonl`` (train clips), ``bench.json`` (bench clips)
+    """Write ``sft.jsonl``, ``cot.jsonl``, ``rft.jsonl`` (train clips, or the RFT clips when
+    ``rft_fraction`` > 0), ``bench.json`` (bench clips)
     and ``qa_summary.json`` into ``out_dir`` (all written to temporary names first, then renamed).
 
     ``video`` in each record is ``<clip_dir>/left.mp4`` relative to ``out_dir``. SFT ``response`` is
@@ -1066,6 +1078,8 @@ def build_datasets(annotations: list[dict[str, Any]], out_dir: Path, cfg: QAConf
     split_of = split_clips(seen, cfg)
     drops: Counter = Counter()
     by_split: dict[str, list[Question]] = {"train": [], "bench": []}
+    if "rft" in split_of.values():
+        by_split["rft"] = []
     for ann in tqdm(sorted(annotations, key=lambda a: a["clip_id"]), desc="qa", unit="clip", disable=None):
         by_split[split_of[ann["clip_id"]]].extend(generate_questions(ann, cfg, drops=drops))
     dropped_share = {}
@@ -1086,13 +1100,14 @@ def build_datasets(annotations: list[dict[str, Any]], out_dir: Path, cfg: QAConf
             recs.append((q, choices, _record(q, choices, out_dir, f"{q.clip_id}-{per_clip[q.clip_id]:03d}")))
         records[split] = recs
 
-    sft, cot, rft = [], [], []
+    sft, cot = [], []
     for q, choices, rec in records["train"]:
         tag = rec["answer_letter"] if choices else q.answer
         sft.append({**rec, "prompt": prompts.direct_prompt(q.question, choices), "response": tag})
         cot_prompt = prompts.st_cot_prompt(q.question, choices)
         cot.append({**rec, "system": prompts.ST_COT_SYSTEM_PROMPT, "prompt": cot_prompt, "response": cot_target(q, tag)})
-        rft.append({**rec, "system": prompts.ST_COT_SYSTEM_PROMPT, "prompt": cot_prompt})
+    rft = [{**rec, "system": prompts.ST_COT_SYSTEM_PROMPT, "prompt": prompts.st_cot_prompt(q.question, choices)}
+           for q, choices, rec in records.get("rft", records["train"])]
     bench = [rec for _, _, rec in records["bench"]]
 
     summary = _summary(records, split_of, drops, time.perf_counter() - start)
@@ -1111,8 +1126,8 @@ def build_datasets(annotations: list[dict[str, Any]], out_dir: Path, cfg: QAConf
         (out_dir / f".{name}.tmp").write_text(text)
     for name in files:
         (out_dir / f".{name}.tmp").replace(out_dir / name)
-    log.info("qa: %d train / %d bench questions from %d clips in %.2f s -> %s",
-             len(sft), len(bench), len(split_of), summary["elapsed_s"], out_dir)
+    log.info("qa: %d train / %d rft / %d bench questions from %d clips in %.2f s -> %s",
+             len(sft), len(rft), len(bench), len(split_of), summary["elapsed_s"], out_dir)
     return summary
 
 
@@ -1124,7 +1139,7 @@ def _summary(records, split_of, drops, elapsed_s) -> dict[str, Any]:
         total = sum(c.values())
         letters[split] = {lt: {"count": c[lt], "share": round(c[lt] / total, 4) if total else 0.0} for lt in prompts.LETTERS}
     return {
-        "clips": {split: sorted(cid for cid, s in split_of.items() if s == split) for split in ("train", "bench")},
+        "clips": {split: sorted(cid for cid, s in split_of.items() if s == split) for split in records},
         "num_clips": dict(Counter(split_of.values())),
         "questions": {split: len(recs) for split, recs in records.items()},
         "total_questions": sum(len(recs) for recs in records.values()),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mllm4d_lite import prompts, qa
+from mllm4d_lite.config import ConfigError
 from mllm4d_lite.qa import QAConfig
 
 N = 16
@@ -333,6 +334,35 @@ def test_build_datasets_formats_splits_and_balance(tmp_path):
     assert counts[0] >= 0.4 * counts[len(counts) // 2]
     repeats = [r for r in sft if r["category"] == "camera_distance"]
     assert len({r["question"] for r in repeats}) > 1
+
+
+def test_rft_fraction_sets_clips_aside_for_grpo(tmp_path):
+    rng = random.Random(0)
+    anns = [random_scene(i, rng) for i in range(32)]
+    plain = qa.build_datasets(anns, tmp_path / "plain", QAConfig())
+    summary = qa.build_datasets(anns, tmp_path / "split", QAConfig(rft_fraction=0.25))
+    read = lambda name: [json.loads(l) for l in (tmp_path / "split" / name).read_text().splitlines()]
+    sft, cot, rft = read("sft.jsonl"), read("cot.jsonl"), read("rft.jsonl")
+    bench = json.loads((tmp_path / "split" / "bench.json").read_text())
+    train, rft_clips, bench_clips = ({r["clip_id"] for r in recs} for recs in (sft, rft, bench))
+    assert summary["num_clips"] == {"train": 16, "rft": 8, "bench": 8}
+    assert {r["clip_id"] for r in cot} == train and not train & rft_clips and not (train | rft_clips) & bench_clips
+    assert sorted(rft_clips) == summary["clips"]["rft"] and len(rft) == summary["questions"]["rft"] > 0
+    # the bench is unchanged by the split; RFT clips come out of the training clips
+    assert summary["clips"]["bench"] == plain["clips"]["bench"]
+    assert sorted(train | rft_clips) == plain["clips"]["train"]
+    assert (tmp_path / "split" / "bench.json").read_text() == (tmp_path / "plain" / "bench.json").read_text()
+    for r in rft:
+        assert r["system"] == prompts.ST_COT_SYSTEM_PROMPT and r["prompt"] == prompts.st_cot_prompt(r["question"], r["choices"])
+        assert "response" not in r and len(r["solution"]["camera_center"]) == 2
+        if r["choices"]:
+            assert r["choices"][r["answer_letter"]] == r["answer"]
+    # small clip counts keep one clip in every split
+    assert set(qa.split_clips(["a", "b", "c"], QAConfig(rft_fraction=0.1)).values()) == {"train", "rft", "bench"}
+    assert set(qa.split_clips(["a", "b"], QAConfig(rft_fraction=0.4)).values()) == {"train", "bench"}
+    for bad in (QAConfig(rft_fraction=-0.1), QAConfig(rft_fraction=0.8)):
+        with pytest.raises(ConfigError, match="rft_fraction"):
+            bad.validate()
 
 
 def test_build_datasets_is_deterministic(tmp_path):
