@@ -422,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.qa and qa is not None and annotations:
         qa_cfg = split_config(run_cfg, qa.QAConfig)
         qa_summary = qa.build_datasets(annotations, out, qa_cfg)
-        summary += (f"; QA {qa_summary['unique_questions']['train']} train + "
-                    f"{qa_summary['unique_questions']['bench']} bench questions")
+        unique = qa_summary["unique_questions"]
+        rft = f" + {unique['rft']} RFT-only" if "rft" in unique else ""
+        summary += f"; QA {unique['train']} train{rft} + {unique['bench']} bench questions"
     if cfg.score:
         scores = [r["score"] for r in results if "score" in r]
         if not scores:

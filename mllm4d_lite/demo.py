@@ -54,6 +54,9 @@ class DemoConfig:
     qa_option_order: str = field(default="", metadata={
         "help": "balanced (VLM4D-style shuffled letters) | fixed (one canonical order) (default: by profile, "
                 "fixed for tiny, balanced for gpu-24gb)"})
+    rft_fraction: float = field(default=0.25, metadata={
+        "help": "share of the clips whose questions only GRPO sees (rft.jsonl): its prompts then come from "
+                "clips that SFT and the cold start never saw, as in the paper (0 = the training clips')"})
     out: str = field(default="runs/demo", metadata={"help": "output folder (one sub-folder per stage)"})
     fresh: bool = field(default=False, metadata={"help": "redo every stage (deletes --out first)"})
     max_clips: int = field(default=0, metadata={"help": "use only the first N clips (0 = all)"})
@@ -227,7 +230,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     option_order = cfg.qa_option_order or PROFILE_OPTION_ORDER[cfg.profile]
     _run_stage("curate", out, cfg.fresh, lambda d: _call_stage("mllm4d_lite.curate", [
         "--clips", str(clips), "--out", str(d), "--plot", "--score", "--workers", str(cfg.workers),
-        "--qa-option-order", option_order]), times)
+        "--qa-option-order", option_order, "--rft-fraction", str(cfg.rft_fraction)]), times)
 
     def argv_of(recipe: str, train_file: str, adapter_init: Path | None, extra: list[str], d: Path) -> list[str]:
         init = ["--adapter-init", str(adapter_init / "adapter")] if adapter_init else []
@@ -253,14 +256,17 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                                   log_file=out / "sft_blind.log")
     try:
         sft = _run_stage("sft", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, sft_steps), times)
-        if blind_proc is not None:
-            log.info("== sft_blind: waiting for the blind control trained beside SFT (log: %s)", out / "sft_blind.log")
-            _wait_stage(blind_proc)
-            _finish_stage("sft_blind", out, round(time.time() - blind_start, 1), times, beside="sft")
     except BaseException:
         if blind_proc is not None and blind_proc.poll() is None:
             blind_proc.kill()
         raise
+
+    def finish_blind() -> None:
+        # The cold start needs only SFT, so it starts at once; the blind control goes on beside it.
+        log.info("== sft_blind: waiting for the blind control trained beside SFT (log: %s)", out / "sft_blind.log")
+        _wait_stage(blind_proc)
+        _finish_stage("sft_blind", out, round(time.time() - blind_start, 1), times, beside="sft+cold_start")
+
     if cfg.blind_control:
         sft_blind = out / "sft_blind" if blind_proc is not None else _run_stage(
             "sft_blind", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, blind_argv), times)
@@ -291,10 +297,16 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     # direct-prompt ones beside the cold start, the cold start's beside GRPO.
     side_by_side = _side_by_side(recipes)
     direct = [e for e in evals if e[3] == "direct"]
-    with _Beside(side_by_side, [lambda e=e: evaluate(e[0], e[2], e[3], e[4], "cold_start" if side_by_side else None)
-                             for e in direct]):
-        _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
-                                                       _steps("--max-steps", cfg.cold_start_steps)), times)
+    beside_cold = [finish_blind] if blind_proc is not None else []
+    beside_cold += [lambda e=e: evaluate(e[0], e[2], e[3], e[4], "cold_start" if side_by_side else None) for e in direct]
+    try:
+        with _Beside(side_by_side, beside_cold):
+            _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
+                                                           _steps("--max-steps", cfg.cold_start_steps)), times)
+    except BaseException:
+        if blind_proc is not None and blind_proc.poll() is None:
+            blind_proc.kill()
+        raise
     with _Beside(side_by_side, [lambda: evaluate("cold_start", cold, "st-cot", False, "grpo" if side_by_side else None)]):
         _run_stage("grpo", out, cfg.fresh, train("grpo.yaml", "rft.jsonl", cold,
                                                  _steps("--max-steps", cfg.grpo_steps)), times)
@@ -354,14 +366,27 @@ def _category_gaps(by_key: dict[str, dict[str, Any]], min_n: int = MIN_GAP_N) ->
 
 
 def _total_wall(times: dict[str, float], beside: dict[str, str]) -> float:
-    """Wall time of the run: the stages that ran beside another add only what they ran beyond it."""
-    total = sum(t for name, t in times.items() if name not in beside)
+    """Wall time of the run: the stages that ran beside another add only what they ran beyond it.
+
+    ``beside`` maps a stage to the stage it ran beside, e.g. ``"eval/sft": "cold_start"``. A chain
+    such as ``"sft+cold_start"`` means the stage started beside ``sft`` and went on beside
+    ``cold_start``: what it ran beyond ``sft`` is then charged against ``cold_start``, together
+    with that stage's own companions (they run after it on the same core)."""
+    main = [name for name in times if name not in beside]
     side: dict[str, float] = {}
-    for name, other in beside.items():
+    spills_into: set[str] = set()
+    for name, chain in beside.items():
         if name in times:
-            side[other] = side.get(other, 0.0) + times[name]
-    total += sum(max(0.0, t - times.get(other, 0.0)) for other, t in side.items())
-    return round(total, 1)
+            first, *rest = chain.split("+")
+            side[first] = side.get(first, 0.0) + times[name]
+            spills_into.update(rest)
+    total, backlog = 0.0, 0.0
+    for name in main:
+        if name not in spills_into:
+            total, backlog = total + backlog, 0.0
+        total += times[name]
+        backlog = max(0.0, backlog + side.get(name, 0.0) - times[name])
+    return round(total + backlog, 1)
 
 
 def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, float]) -> dict[str, Any]:
@@ -402,7 +427,8 @@ def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, 
                 if k in sft_summary},
         "grpo": grpo_summary,
         "curation_scorecard": curate_score,
-        "qa_summary": {k: qa_summary.get(k) for k in ("counts", "totals", "letter_balance") if k in (qa_summary or {})},
+        "qa_summary": {k: qa_summary.get(k) for k in ("num_clips", "questions", "per_category", "answer_letters")
+                       if k in (qa_summary or {})},
     }
     plots = _accuracy_plot(rows, chance, out / "accuracy.png")
     atomic_write_json(out / "report.json", report)
@@ -449,6 +475,18 @@ def _grpo_reward_line(grpo: dict[str, Any]) -> str:
         return line + (f"; the fifths drew different prompts from {grpo['train_prompts']}, so the rise also "
                        "reflects which prompts were drawn).")
     return line + ")."
+
+
+def _data_split_line(qa_summary: dict[str, Any]) -> str:
+    """Which clips fed which stage, e.g. "48 clips -> SFT and cold start (399 questions); 24 -> GRPO ..."."""
+    clips, questions = qa_summary.get("num_clips") or {}, qa_summary.get("questions") or {}
+    if not clips:
+        return ""
+    parts = [f"{clips.get('train', 0)} clips -> SFT and cold start ({questions.get('train', 0)} questions)"]
+    if clips.get("rft"):
+        parts.append(f"{clips['rft']} -> GRPO only ({questions.get('rft', 0)} prompts)")
+    parts.append(f"{clips.get('bench', 0)} -> the held-out benchmark ({questions.get('bench', 0)} questions)")
+    return "Data split by clip: " + "; ".join(parts) + "."
 
 
 def _rel(path: Path, out: Path) -> str:
@@ -499,6 +537,8 @@ def _report_markdown(report: dict[str, Any], out: Path, accuracy_png: Path | Non
         lines += [f"![GRPO reward]({_rel(out / 'grpo' / 'reward_curve.png', out)})", ""]
     plots = sorted((out / "curate" / "plots").glob("*.png"))[:2] if (out / "curate" / "plots").is_dir() else []
     lines += ["## Curation", ""]
+    if (data_line := _data_split_line(report.get("qa_summary") or {})):
+        lines += [data_line, ""]
     score = report.get("curation_scorecard")
     if score:
         summary = score.get("summary", score) if isinstance(score, dict) else score

@@ -36,6 +36,18 @@ def test_every_stage_wrote_its_outputs(demo_run):
     for name in ("sft.jsonl", "cot.jsonl", "rft.jsonl", "bench.json", "scorecard.json"):
         assert (out / "curate" / name).is_file(), name
     assert len(list((out / "curate" / "annotations").glob("*.json"))) == 6
+    # GRPO's prompts come from clips that SFT, the cold start and the benchmark do not use
+    clips = {name: {json.loads(line)["clip_id"] for line in (out / "curate" / name).read_text().splitlines()}
+             for name in ("sft.jsonl", "cot.jsonl", "rft.jsonl")}
+    bench = {r["clip_id"] for r in json.loads((out / "curate" / "bench.json").read_text())}
+    assert clips["sft.jsonl"] == clips["cot.jsonl"] and clips["rft.jsonl"] and bench
+    assert not clips["rft.jsonl"] & (clips["sft.jsonl"] | bench) and not clips["sft.jsonl"] & bench
+    qa_summary = json.loads((out / "curate" / "qa_summary.json").read_text())
+    assert qa_summary["num_clips"] == {"train": len(clips["sft.jsonl"]), "rft": len(clips["rft.jsonl"]), "bench": len(bench)}
+    report = json.loads((out / "report.json").read_text())
+    assert report["qa_summary"]["num_clips"] == qa_summary["num_clips"]
+    assert (f"{len(clips['rft.jsonl'])} -> GRPO only ({qa_summary['questions']['rft']} prompts)"
+            in (out / "report.md").read_text())
     for stage in ("sft", "sft_blind", "cold_start", "grpo"):
         assert (out / stage / "adapter" / "adapter_config.json").is_file(), stage
     assert (out / "grpo" / "reward_curve.png").is_file()
@@ -62,7 +74,7 @@ def test_report_numbers_equal_eval_json(demo_run):
     assert set(report["stage_wall_s"]) >= {"curate", "sft", "sft_blind", "cold_start", "grpo", "eval/grpo"}
     # on a machine with two cores the blind control trains beside SFT; the total counts that once
     beside = report["stages_run_beside"]
-    assert beside == ({"sft_blind": "sft", "eval/base": "cold_start", "eval/blind": "cold_start",
+    assert beside == ({"sft_blind": "sft+cold_start", "eval/base": "cold_start", "eval/blind": "cold_start",
                        "eval/sft": "cold_start", "eval/cold_start": "grpo"} if (os.cpu_count() or 1) >= 2 else {})
     assert report["total_wall_s"] == demo._total_wall(report["stage_wall_s"], beside)
     assert (out / "sft_blind" / "adapter" / "adapter_config.json").is_file()
@@ -131,6 +143,15 @@ def test_total_wall_counts_a_stage_run_beside_another_once():
     evals = {"grpo": 10.0, "eval/a": 5.0, "eval/b": 7.0}
     assert _total_wall(evals, {"eval/a": "grpo", "eval/b": "grpo"}) == 12
     assert _total_wall({**evals, "eval/a": 8.0}, {"eval/a": "grpo", "eval/b": "grpo"}) == 15
+    # a blind control of 120 s beside SFT (100 s) that goes on beside the cold start (50 s): its last
+    # 20 s and the evaluations after it (20 + 5 s) share the cold start's 50 s, adding nothing ...
+    chain = {"curate": 10.0, "sft": 100.0, "sft_blind": 120.0, "cold_start": 50.0, "eval/a": 20.0, "eval/b": 5.0}
+    on = {"sft_blind": "sft+cold_start", "eval/a": "cold_start", "eval/b": "cold_start"}
+    assert _total_wall(chain, on) == 160
+    # ... and beyond it what they ran over: 20 + 25 + 15 s in 50 s adds 10 s
+    assert _total_wall({**chain, "eval/b": 20.0}, on) == 170
+    # a chain stops at a stage it does not name: the 20 s spill of sft is not absorbed by grpo
+    assert _total_wall({"sft": 100.0, "sft_blind": 120.0, "grpo": 50.0}, {"sft_blind": "sft"}) == 170
 
 
 def test_category_gaps_only_where_enough_questions():
