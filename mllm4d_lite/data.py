@@ -69,13 +69,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0,
-                 categories: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                 categories: Sequence[str] | None = None, balance_key: str | None = None) -> list[dict[str, Any]]:
     """QA records of a jsonl (or a VLM4D-format ``.json`` list) with ``video_path`` resolved.
 
     ``video`` is relative to the file's folder (absolute paths are kept). ``categories`` keeps
     only records of those categories (none left is an error naming the categories present);
-    ``max_samples`` then keeps a seeded random subset (order preserved). Records lacking ``id``
-    get ``<file>:<line>``.
+    ``max_samples`` then keeps a seeded random subset (order preserved), with as even a share of
+    each value of ``balance_key`` (e.g. ``"answer"``) as the records allow when it is given.
+    Records lacking ``id`` get ``<file>:<line>``.
     """
     path = Path(path)
     if path.suffix == ".json":
@@ -105,9 +106,28 @@ def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0
         out = kept
     if max_samples is not None and 0 < max_samples < len(out):
         rng = np.random.default_rng(seed)
-        keep = sorted(rng.choice(len(out), size=max_samples, replace=False).tolist())
+        if balance_key:
+            keep = sorted(balanced_subset([str(r.get(balance_key)) for r in out], max_samples, rng))
+        else:
+            keep = sorted(rng.choice(len(out), size=max_samples, replace=False).tolist())
         out = [out[i] for i in keep]
     return out
+
+
+def balanced_subset(labels: Sequence[str], size: int, rng: np.random.Generator) -> list[int]:
+    """Indices of a seeded subset of ``size`` items taking the labels in turn (each label's items in
+    random order), so every label gets ``size // n_labels`` items or one more, unless it has fewer."""
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    queues = [list(rng.permutation(idx)) for _, idx in sorted(groups.items())]
+    order = list(rng.permutation(len(queues)))
+    picked: list[int] = []
+    while len(picked) < min(size, len(labels)):
+        for q in order:
+            if queues[q] and len(picked) < size:
+                picked.append(int(queues[q].pop()))
+    return picked
 
 
 def record_prompt(record: dict[str, Any], mode: str = "direct") -> str:

@@ -71,6 +71,9 @@ class GRPOConfigKit:
     train_file: str = field(default="runs/demo/data/rft.jsonl", metadata={"help": "rft.jsonl (GRPO prompts + solutions)"})
     output_dir: str = field(default="runs/grpo", metadata={"help": "output folder"})
     max_samples: int | None = field(default=None, metadata={"help": "use a seeded subset of this many records"})
+    balance_answers: bool = field(default=True, metadata={
+        "help": "max_samples takes each right answer in turn, so a small prompt pool cannot reward a bias "
+                "towards one answer (false: a plain random subset)"})
     train_categories: list[str] = field(default_factory=list, metadata={
         "help": "train only on prompts of these question categories (empty = all)"})
     num_frames: int = field(default=8, metadata={"help": "frames per video (paper: up to 32)"})
@@ -231,11 +234,13 @@ def build_dataset(records: Sequence[dict[str, Any]], cache, use_st_cot_prompt: b
 
 
 def load_rft_records(path: str | Path, max_samples: int | None = None, seed: int = 0,
-                     categories: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """``rft.jsonl`` records (``video_path`` resolved) checked for the fields GRPO's rewards need."""
+                     categories: Sequence[str] | None = None, balance_answers: bool = True) -> list[dict[str, Any]]:
+    """``rft.jsonl`` records (``video_path`` resolved) checked for the fields GRPO's rewards need;
+    a ``max_samples`` subset takes each right answer in turn when ``balance_answers``."""
     from mllm4d_lite.data import DataError, load_records
 
-    records = load_records(path, max_samples=max_samples, seed=seed, categories=categories)
+    records = load_records(path, max_samples=max_samples, seed=seed, categories=categories,
+                           balance_key="answer" if balance_answers else None)
     if not records:
         raise DataError(f"{path}: no records; make rft.jsonl with `mllm4d curate`")
     for rec in records:
@@ -596,7 +601,8 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
         torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
     if records is None:
-        records = load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories)
+        records = load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories,
+                                   cfg.balance_answers)
     cache = VideoCache(cfg.num_frames, blank=cfg.blind)
     records, skipped = check_videos(records, cache)
     if not records:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -85,6 +86,25 @@ def test_records_resolve_videos_and_subset(toy):
     assert D.record_prompt(records[0]).endswith(prompts.DIRECT_INSTRUCTION)
     no_prompt = {k: v for k, v in records[0].items() if k != "prompt"}
     assert D.record_prompt(no_prompt) == prompts.direct_prompt(records[0]["question"], records[0]["choices"])
+
+
+def test_subset_balanced_by_answer(tmp_path):
+    # 30 "not moving", 12 "left", 4 "right": a plain 12-record subset is mostly "not moving"
+    answers = ["not moving"] * 30 + ["left"] * 12 + ["right"] * 4
+    rows = [{"id": f"q{i}", "video": "v.mp4", "answer": a} for i, a in enumerate(answers)]
+    path = tmp_path / "rft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in range(5):
+        sub = D.load_records(path, max_samples=12, seed=seed, balance_key="answer")
+        assert sorted(Counter(r["answer"] for r in sub).values()) == [4, 4, 4]
+        assert [r["id"] for r in sub] == sorted((r["id"] for r in sub), key=lambda i: int(i[1:]))  # order kept
+        assert sub == D.load_records(path, max_samples=12, seed=seed, balance_key="answer")
+    # a label with too few records gives all it has; the others fill the rest evenly
+    assert Counter(answers[i] for i in D.balanced_subset(answers, 20, np.random.default_rng(0))) == \
+        {"not moving": 8, "left": 8, "right": 4}
+    assert len(set(D.balanced_subset(answers, 100, np.random.default_rng(0)))) == len(answers)
+    plain = [Counter(r["answer"] for r in D.load_records(path, max_samples=12, seed=s))["not moving"] for s in range(5)]
+    assert max(plain) > 4
 
 
 def test_records_filtered_by_category(tmp_path):
