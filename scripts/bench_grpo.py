@@ -12,11 +12,17 @@ The training reward of a step depends on which prompts it drew as much as on the
 less than one pass through the prompts, the fifths hold different prompts (in the demo's data,
 the per-step accuracy of independent runs correlates at 0.6-0.7, step by step). So the run
 trains on a pool of prompts sized to one fifth of its prompt draws (``--pool``, default): every
-fifth is one whole pass, and first vs last fifth compare the same prompts.
+fifth is one whole pass, and first vs last fifth compare the same prompts. Since it trains on
+those prompts five times, a rise can also be GRPO fitting them: the held-out check (greedy ST-CoT
+replies to the benchmark's direction questions, before and after) says whether it generalises.
+
+The demo curates with ``--rft-fraction 0.25``, so ``rft.jsonl`` holds prompts of clips that SFT and
+the cold start never saw. Figures per seed are in the header of ``recipes/tiny/grpo.yaml``.
 
     .venv/bin/python scripts/bench_grpo.py                        # ~3.5 min after `bash run.sh`
+    .venv/bin/python scripts/bench_grpo.py --set seed=1 beta=0.1
     .venv/bin/python scripts/bench_grpo.py --set max_steps=150 --eval-samples 0
-    .venv/bin/python scripts/bench_grpo.py --cold-start runs/cs1800/adapter --curate runs/rft_clips/curate
+    .venv/bin/python scripts/bench_grpo.py --cold-start runs/other/adapter --curate runs/other/curate
 """
 
 from __future__ import annotations
