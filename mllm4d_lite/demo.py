@@ -77,6 +77,8 @@ class DemoConfig:
             raise ConfigError(f"`profile` must be one of {sorted(PROFILES)}, got {self.profile!r}")
         if self.qa_option_order and self.qa_option_order not in OPTION_ORDERS:
             raise ConfigError(f"`qa_option_order` must be one of {list(OPTION_ORDERS)}, got {self.qa_option_order!r}")
+        if not 0.0 <= self.rft_fraction < 1.0:
+            raise ConfigError(f"`rft_fraction` must be in [0, 1), got {self.rft_fraction}")
         for name in ("max_clips", "sft_steps", "cold_start_steps", "grpo_steps", "eval_limit"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)}")
@@ -478,7 +480,7 @@ def _grpo_reward_line(grpo: dict[str, Any]) -> str:
 
 
 def _data_split_line(qa_summary: dict[str, Any]) -> str:
-    """Which clips fed which stage, e.g. "48 clips -> SFT and cold start (399 questions); 24 -> GRPO ..."."""
+    """Which clips fed which stage: "Data split by clip: 48 clips -> SFT and cold start (...); 24 -> GRPO only ..."."""
     clips, questions = qa_summary.get("num_clips") or {}, qa_summary.get("questions") or {}
     if not clips:
         return ""

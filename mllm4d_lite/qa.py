@@ -12,7 +12,8 @@ Output (``build_datasets``): ``sft.jsonl``, ``cot.jsonl``, ``rft.jsonl``, ``benc
 only (split by clip, seeded). The three training files hold the same questions (SFT: direct
 prompt, letter / number response; CoT: ST-CoT system prompt and target; RFT: ST-CoT prompt +
 ``solution``), unless ``rft_fraction`` > 0 sets clips aside for ``rft.jsonl`` alone: then GRPO
-prompts come from clips that SFT and the cold start never saw. Records follow design.md plus ``answer_letter`` (MC; null for numeric).
+prompts come from clips that SFT and the cold start never saw. Records follow design.md plus
+``answer_letter`` (MC; null for numeric).
 
 Command line: ``mllm4d qa --annotations runs/curate/annotations --out runs/qa`` (estimated),
 ``mllm4d qa --use-gt --clips tiny_data --out runs/qa_gt`` (ground truth), and ``--score`` with

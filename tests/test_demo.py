@@ -164,3 +164,11 @@ def test_category_gaps_only_where_enough_questions():
     assert gaps[0]["diff_points"] == 20.0
     assert gaps[0]["se_points"] == pytest.approx(100 * (0.24 / 50 + 0.24 / 50) ** 0.5, abs=0.01)  # 9.80
     assert gaps[0]["within_noise"] is False  # 20 > 2 x 9.8
+
+
+def test_bad_demo_options_are_refused_before_any_stage(tmp_path, capsys):
+    for argv, message in ((["--rft-fraction", "1.5"], "rft_fraction"), (["--sft-steps", "-1"], "sft_steps")):
+        with pytest.raises(SystemExit) as exit_info:
+            demo.main(["--out", str(tmp_path / "run"), *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
