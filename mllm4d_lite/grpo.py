@@ -62,7 +62,8 @@ _REWARD_METRIC = {"format": "format_reward", "accuracy": "accuracy_reward", "cam
 
 @dataclass
 class GRPOConfigKit:
-    """Options of ``mllm4d grpo`` (defaults = the tiny CPU profile)."""
+    """Options of ``mllm4d grpo`` (defaults: the paper's sampling and KL values, CPU-sized batches;
+    each profile's values are in ``recipes/<profile>/grpo.yaml``)."""
 
     model: str = field(default="tiny", metadata={"help": "tiny | tiny-motion | tiny-qwen3-vl | model folder | hub name"})
     adapter_init: str | None = field(default=None, metadata={
