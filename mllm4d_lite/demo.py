@@ -15,6 +15,7 @@ Profiles: ``tiny`` (CPU, the offline tiny model, recipes/tiny/) and ``gpu-24gb``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import logging
@@ -24,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mllm4d_lite.config import ConfigError, atomic_write_json, atomic_write_text, parse_config, save_figure, save_resolved
 
@@ -71,14 +72,13 @@ class DemoConfig:
         "help": "reply budget for ST-CoT evaluation (the tiny model's CoT targets: median ~170, 90% < 215 tokens)"})
 
     def validate(self) -> None:
-        from mllm4d_lite.qa import OPTION_ORDERS
+        from mllm4d_lite.qa import OPTION_ORDERS, QAConfig
 
         if self.profile not in PROFILES:
             raise ConfigError(f"`profile` must be one of {sorted(PROFILES)}, got {self.profile!r}")
         if self.qa_option_order and self.qa_option_order not in OPTION_ORDERS:
             raise ConfigError(f"`qa_option_order` must be one of {list(OPTION_ORDERS)}, got {self.qa_option_order!r}")
-        if not 0.0 <= self.rft_fraction < 1.0:
-            raise ConfigError(f"`rft_fraction` must be in [0, 1), got {self.rft_fraction}")
+        QAConfig(rft_fraction=self.rft_fraction).validate()  # the check curation applies to it
         for name in ("max_clips", "sft_steps", "cold_start_steps", "grpo_steps", "eval_limit"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)}")
@@ -120,6 +120,17 @@ def _wait_stage(proc) -> None:
     rc = proc.wait()
     if rc:
         raise RuntimeError(f"stage command failed (exit {rc}): {proc.description}")
+
+
+@contextlib.contextmanager
+def _killed_on_error(proc) -> Iterator[None]:
+    """Kill the background stage ``proc`` (if still running) when the body fails."""
+    try:
+        yield
+    except BaseException:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        raise
 
 
 class _Beside:
@@ -256,12 +267,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         blind_start = time.time()
         blind_proc = _start_stage("mllm4d_lite.sft", argv_of("sft.yaml", "sft.jsonl", None, blind_argv, blind_dir),
                                   log_file=out / "sft_blind.log")
-    try:
+    with _killed_on_error(blind_proc):
         sft = _run_stage("sft", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, sft_steps), times)
-    except BaseException:
-        if blind_proc is not None and blind_proc.poll() is None:
-            blind_proc.kill()
-        raise
 
     def finish_blind() -> None:
         # The cold start needs only SFT, so it starts at once; the blind control goes on beside it.
@@ -301,14 +308,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     direct = [e for e in evals if e[3] == "direct"]
     beside_cold = [finish_blind] if blind_proc is not None else []
     beside_cold += [lambda e=e: evaluate(e[0], e[2], e[3], e[4], "cold_start" if side_by_side else None) for e in direct]
-    try:
-        with _Beside(side_by_side, beside_cold):
-            _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
-                                                           _steps("--max-steps", cfg.cold_start_steps)), times)
-    except BaseException:
-        if blind_proc is not None and blind_proc.poll() is None:
-            blind_proc.kill()
-        raise
+    with _killed_on_error(blind_proc), _Beside(side_by_side, beside_cold):
+        _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
+                                                       _steps("--max-steps", cfg.cold_start_steps)), times)
     with _Beside(side_by_side, [lambda: evaluate("cold_start", cold, "st-cot", False, "grpo" if side_by_side else None)]):
         _run_stage("grpo", out, cfg.fresh, train("grpo.yaml", "rft.jsonl", cold,
                                                  _steps("--max-steps", cfg.grpo_steps)), times)
