@@ -69,13 +69,15 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0,
-                 categories: Sequence[str] | None = None, balance_key: str | None = None) -> list[dict[str, Any]]:
+                 categories: Sequence[str] | None = None,
+                 balance_key: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
     """QA records of a jsonl (or a VLM4D-format ``.json`` list) with ``video_path`` resolved.
 
     ``video`` is relative to the file's folder (absolute paths are kept). ``categories`` keeps
     only records of those categories (none left is an error naming the categories present);
     ``max_samples`` then keeps a seeded random subset (order preserved), with as even a share of
-    each value of ``balance_key`` (e.g. ``"answer"``) as the records allow when it is given.
+    each value of ``balance_key`` (e.g. ``"answer"``) as the records allow when it is given; several
+    keys (e.g. ``["category", "answer"]``) balance nested, see :func:`balanced_subset`.
     Records lacking ``id`` get ``<file>:<line>``.
     """
     path = Path(path)
@@ -107,27 +109,43 @@ def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0
     if max_samples is not None and 0 < max_samples < len(out):
         rng = np.random.default_rng(seed)
         if balance_key:
-            keep = sorted(balanced_subset([str(r.get(balance_key)) for r in out], max_samples, rng))
+            names = [balance_key] if isinstance(balance_key, str) else list(balance_key)
+            labels = [tuple(str(r.get(k)) for k in names) for r in out]
+            keep = sorted(balanced_subset(labels, max_samples, rng))
         else:
             keep = sorted(rng.choice(len(out), size=max_samples, replace=False).tolist())
         out = [out[i] for i in keep]
     return out
 
 
-def balanced_subset(labels: Sequence[str], size: int, rng: np.random.Generator) -> list[int]:
+def balanced_subset(labels: Sequence[Any], size: int, rng: np.random.Generator) -> list[int]:
     """Indices of a seeded subset of ``size`` items taking the labels in turn (each label's items in
-    random order), so every label gets ``size // n_labels`` items or one more, unless it has fewer."""
-    groups: dict[str, list[int]] = {}
-    for i, label in enumerate(labels):
-        groups.setdefault(label, []).append(i)
-    queues = [list(rng.permutation(idx)) for _, idx in sorted(groups.items())]
+    random order), so every label gets ``size // n_labels`` items or one more, unless it has fewer.
+
+    A label may be a tuple, e.g. ``(category, answer)``: then the first values are taken in turn,
+    and within each, the next values in turn (nested), so a category with many distinct answers
+    does not crowd out a category with few."""
+    keys = [tuple(label) if isinstance(label, tuple) else (label,) for label in labels]
+    if len({len(k) for k in keys}) > 1:
+        raise ValueError("balanced_subset: every label needs the same number of keys")
+    return _round_robin(list(range(len(keys))), keys, 0, rng)[:size]
+
+
+def _round_robin(indices: list[int], keys: list[tuple], depth: int, rng: np.random.Generator) -> list[int]:
+    """``indices`` ordered so that every prefix takes the values of ``keys[i][depth]`` in turn."""
+    if not indices or depth == len(keys[indices[0]]):
+        return [int(i) for i in reversed(rng.permutation(indices))] if indices else []
+    groups: dict[Any, list[int]] = {}
+    for i in indices:
+        groups.setdefault(keys[i][depth], []).append(i)
+    queues = [_round_robin(idx, keys, depth + 1, rng) for _, idx in sorted(groups.items())]
     order = list(rng.permutation(len(queues)))
-    picked: list[int] = []
-    while len(picked) < min(size, len(labels)):
+    out: list[int] = []
+    while len(out) < len(indices):
         for q in order:
-            if queues[q] and len(picked) < size:
-                picked.append(int(queues[q].pop()))
-    return picked
+            if queues[q]:
+                out.append(queues[q].pop(0))
+    return out
 
 
 def record_prompt(record: dict[str, Any], mode: str = "direct") -> str:

@@ -75,6 +75,10 @@ class GRPOConfigKit:
     balance_answers: bool = field(default=True, metadata={
         "help": "max_samples takes each right answer in turn, so a small prompt pool cannot reward a bias "
                 "towards one answer (false: a plain random subset)"})
+    balance_categories: bool = field(default=True, metadata={
+        "help": "max_samples takes each question category in turn first (then each right answer within "
+                "it, with balance_answers), so categories whose answers are all distinct (absent objects, "
+                "distances) do not crowd out the others"})
     train_categories: list[str] = field(default_factory=list, metadata={
         "help": "train only on prompts of these question categories (empty = all)"})
     num_frames: int = field(default=8, metadata={"help": "frames per video (paper: up to 32)"})
@@ -235,13 +239,16 @@ def build_dataset(records: Sequence[dict[str, Any]], cache, use_st_cot_prompt: b
 
 
 def load_rft_records(path: str | Path, max_samples: int | None = None, seed: int = 0,
-                     categories: Sequence[str] | None = None, balance_answers: bool = True) -> list[dict[str, Any]]:
+                     categories: Sequence[str] | None = None, balance_answers: bool = True,
+                     balance_categories: bool = True) -> list[dict[str, Any]]:
     """``rft.jsonl`` records (``video_path`` resolved) checked for the fields GRPO's rewards need;
-    a ``max_samples`` subset takes each right answer in turn when ``balance_answers``."""
+    a ``max_samples`` subset takes each category in turn when ``balance_categories``, and within
+    that each right answer in turn when ``balance_answers``."""
     from mllm4d_lite.data import DataError, load_records
 
     records = load_records(path, max_samples=max_samples, seed=seed, categories=categories,
-                           balance_key="answer" if balance_answers else None)
+                           balance_key=[k for k, on in (("category", balance_categories),
+                                                        ("answer", balance_answers)) if on] or None)
     if not records:
         raise DataError(f"{path}: no records; make rft.jsonl with `mllm4d curate`")
     for rec in records:
@@ -603,7 +610,7 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
     set_seed(cfg.seed)
     if records is None:
         records = load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories,
-                                   cfg.balance_answers)
+                                   cfg.balance_answers, cfg.balance_categories)
     cache = VideoCache(cfg.num_frames, blank=cfg.blind)
     records, skipped = check_videos(records, cache)
     if not records:

@@ -107,6 +107,29 @@ def test_subset_balanced_by_answer(tmp_path):
     assert max(plain) > 4
 
 
+def test_subset_balanced_by_category_then_answer(tmp_path):
+    # absent-object questions each have their own answer text ("no red cube there", ...): balanced by
+    # answer alone, 20 of them crowd the 14 direction questions out of a 10-record pool
+    rows = ([{"category": "false_positive", "answer": f"no object {i} there"} for i in range(20)]
+            + [{"category": "object_direction", "answer": a} for a in ["left"] * 8 + ["right"] * 4 + ["not moving"] * 2])
+    rows = [{"id": f"q{i}", "video": "v.mp4", **r} for i, r in enumerate(rows)]
+    path = tmp_path / "rft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in range(5):
+        by_answer = D.load_records(path, max_samples=10, seed=seed, balance_key="answer")
+        assert Counter(r["category"] for r in by_answer)["object_direction"] <= 3
+        nested = D.load_records(path, max_samples=10, seed=seed, balance_key=["category", "answer"])
+        assert Counter(r["category"] for r in nested) == {"false_positive": 5, "object_direction": 5}
+        # within the direction questions, each answer in turn: 2 / 2 / 1
+        assert sorted(Counter(r["answer"] for r in nested if r["category"] == "object_direction").values()) == [1, 2, 2]
+        assert len({r["id"] for r in nested}) == 10
+    # a category with too few records gives all it has
+    labels = [("a", "x")] * 2 + [("b", str(i)) for i in range(10)]
+    assert Counter(labels[i][0] for i in D.balanced_subset(labels, 8, np.random.default_rng(0))) == {"a": 2, "b": 6}
+    with pytest.raises(ValueError, match="same number of keys"):
+        D.balanced_subset([("a", "x"), ("b",)], 1, np.random.default_rng(0))
+
+
 def test_records_filtered_by_category(tmp_path):
     rows = [{"id": f"q{i}", "video": "v.mp4", "category": cat}
             for i, cat in enumerate(["counting", "object_direction", "counting", "object_direction_phase"])]

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,24 @@ def test_fifth_means():
     first, last = grpo.fifth_means([0.0] * 5 + [0.5] * 10 + [1.0] * 5)
     assert (first, last) == (0.0, 1.0)
     assert grpo.fifth_means([0.2, 0.4]) == (0.2, 0.4)
+
+
+def test_prompt_pool_takes_each_category_then_each_answer(tmp_path):
+    # as in curated rft.jsonl: every absent-object question has its own answer text, and half the
+    # direction questions offer "no ... there" as a distractor; a pool balanced by answer alone is
+    # mostly absent-object questions, and GRPO on direction questions alone unlearns them
+    rows = ([{"category": "false_positive", "answer": f"no object {i} there"} for i in range(30)]
+            + [{"category": "object_direction", "answer": a} for a in ["left", "right", "not moving"] * 6]
+            + [{"category": "counting", "answer": a} for a in ["0", "1"] * 6])
+    path = tmp_path / "rft.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "video": "v.mp4", "question": "?", **r}) + "\n"
+                            for i, r in enumerate(rows)))
+    pool = grpo.load_rft_records(path, max_samples=12, seed=0, balance_categories=True)
+    assert Counter(r["category"] for r in pool) == {"counting": 4, "false_positive": 4, "object_direction": 4}
+    assert sorted(Counter(r["answer"] for r in pool if r["category"] == "object_direction").values()) == [1, 1, 2]
+    by_answer = grpo.load_rft_records(path, max_samples=12, seed=0, balance_categories=False)
+    assert Counter(r["category"] for r in by_answer)["false_positive"] >= 8
+    assert grpo.GRPOConfigKit().balance_categories and grpo.GRPOConfigKit().balance_answers
 
 
 @pytest.mark.parametrize("steps, prompts, per_step, same", [
