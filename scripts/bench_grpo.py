@@ -111,8 +111,8 @@ def main() -> int:
                                          "by_category": {k: {"n": v["n"], "accuracy": round(v["accuracy"], 4)}
                                                          for k, v in sorted(ev["by_category"].items())}}
 
-    (out / "bench_grpo.json").write_text(json.dumps(result, indent=1))
-    ok = result["reward_rise"] >= 0.1 and fmt_last >= 0.9 and grpo_s <= 600
+    targets = {"rise >= 0.1": result["reward_rise"] >= 0.1, "format >= 0.9": fmt_last >= 0.9,
+               "GRPO <= 10 min": grpo_s <= 600}
     held = ""
     if args.eval_samples:
         c, g = result["heldout_cold_start"], result["heldout_grpo"]
@@ -122,12 +122,16 @@ def main() -> int:
         held = (f" | held-out ({c['n']} questions, every category) accuracy cold start {c['accuracy']:.3f} -> "
                 f"GRPO {g['accuracy']:.3f} ({g['accuracy'] - c['accuracy']:+.3f}), format {c['format_rate']:.2f} -> "
                 f"{g['format_rate']:.2f}; per category (* = trained on): {cats}")
+        targets["held-out >= cold start"] = g["accuracy"] >= c["accuracy"]
+    result["targets"] = targets
+    (out / "bench_grpo.json").write_text(json.dumps(result, indent=1))
     print(f"bench_grpo: {result['grpo_steps']} GRPO steps in {grpo_s:.0f} s ({result['s_per_step']:.2f} s/step) on "
           f"{result['train_prompts']} prompts ({'same' if result['fifths_see_same_prompts'] else 'different'} "
           f"prompts in each fifth) | reward first fifth {first:.3f} -> last fifth {last:.3f} "
           f"(rise {last - first:+.3f}, target >= 0.1) | format last fifth {fmt_last:.3f} (target >= 0.9) | "
           + " ".join(f"{k} {a:.2f}->{b:.2f}" for k, (a, b) in comps.items())
-          + f" | KL last fifth {result['kl_last_fifth']:.3f}" + held + f" | {'PASS' if ok else 'MISS'}")
+          + f" | KL last fifth {result['kl_last_fifth']:.3f}" + held + " | "
+          + ", ".join(f"{name} {'PASS' if hit else 'MISS'}" for name, hit in targets.items()))
     return 0
 
 
