@@ -164,29 +164,53 @@ class _Beside:
             raise self.error
 
 
+def _inputs_fingerprint(cfg: "DemoConfig", recipes: Path) -> str:
+    """A digest of what the stages' results depend on: the demo's options (not ``--fresh``,
+    ``--out`` or ``--workers``) and the text of the profile's recipes. A stage finished under other
+    inputs is redone, so a changed recipe or option never leaves a stale result in the report."""
+    import dataclasses
+    import hashlib
+
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("fresh", "out", "workers")}
+    texts = {name: (recipes / name).read_text() for name in ("sft.yaml", "cold_start.yaml", "grpo.yaml")}
+    blob = json.dumps({"options": options, "recipes": texts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _stage_done(out: Path, name: str, inputs: str) -> dict[str, Any] | None:
+    """The stage's ``.done.json`` marker if it finished under these ``inputs``, else None."""
+    marker = _read_json(out / name / ".done.json")
+    return marker if marker is not None and marker.get("inputs") == inputs else None
+
+
 def _run_stage(name: str, out: Path, fresh: bool, body: Callable[[Path], None], times: dict[str, float],
-               beside: str | None = None) -> Path:
-    """Run ``body(stage_dir)`` unless its ``.done.json`` marker exists; records the wall time
-    (``beside``: the stage that ran at the same time, on the other core)."""
+               beside: str | None = None, inputs: str = "") -> Path:
+    """Run ``body(stage_dir)`` unless its ``.done.json`` marker says it finished under the same
+    ``inputs`` (:func:`_inputs_fingerprint`); records the wall time (``beside``: the stage that ran
+    at the same time, on the other core). A stage finished under other inputs starts afresh."""
     stage_dir = out / name
     marker = stage_dir / ".done.json"
-    if marker.is_file() and not fresh:
-        times[name] = float(json.loads(marker.read_text()).get("wall_s", 0.0))
+    if not fresh and (done := _stage_done(out, name, inputs)) is not None:
+        times[name] = float(done.get("wall_s", 0.0))
         log.info("== %s: done before (%.0f s), skipped (use --fresh to redo)", name, times[name])
         return stage_dir
+    if marker.is_file():
+        log.info("== %s: finished before under other recipes or options; redoing it", name)
+        shutil.rmtree(stage_dir)
     log.info("=" * 72)
     log.info("== stage: %s  ->  %s", name, stage_dir)
     log.info("=" * 72)
     start = time.time()
     body(stage_dir)
-    _finish_stage(name, out, round(time.time() - start, 1), times, beside)
+    _finish_stage(name, out, round(time.time() - start, 1), times, beside, inputs)
     return stage_dir
 
 
-def _finish_stage(name: str, out: Path, wall_s: float, times: dict[str, float], beside: str | None = None) -> None:
+def _finish_stage(name: str, out: Path, wall_s: float, times: dict[str, float], beside: str | None = None,
+                  inputs: str = "") -> None:
     """Record a finished stage: its wall time in ``times`` and its ``.done.json`` marker."""
     times[name] = wall_s
-    atomic_write_json(out / name / ".done.json", {"stage": name, "wall_s": wall_s,
+    atomic_write_json(out / name / ".done.json", {"stage": name, "wall_s": wall_s, "inputs": inputs,
                                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                                   **({"beside": beside} if beside else {})})
     log.info("== %s finished in %.0f s%s", name, wall_s, f" (beside {beside})" if beside else "")
@@ -230,6 +254,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     for stage_file in ("sft.yaml", "cold_start.yaml", "grpo.yaml"):
         if not (recipes / stage_file).is_file():
             raise FileNotFoundError(f"{recipes / stage_file} missing; pick a folder of recipes/ with --recipes")
+    inputs = _inputs_fingerprint(cfg, recipes)
     times: dict[str, float] = {}
     data = out / "curate"
     bench = data / "bench.json"
@@ -243,7 +268,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     option_order = cfg.qa_option_order or PROFILE_OPTION_ORDER[cfg.profile]
     _run_stage("curate", out, cfg.fresh, lambda d: _call_stage("mllm4d_lite.curate", [
         "--clips", str(clips), "--out", str(d), "--plot", "--score", "--workers", str(cfg.workers),
-        "--qa-option-order", option_order, "--rft-fraction", str(cfg.rft_fraction)]), times)
+        "--qa-option-order", option_order, "--rft-fraction", str(cfg.rft_fraction)]), times, inputs=inputs)
 
     def argv_of(recipe: str, train_file: str, adapter_init: Path | None, extra: list[str], d: Path) -> list[str]:
         init = ["--adapter-init", str(adapter_init / "adapter")] if adapter_init else []
@@ -257,8 +282,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     sft_steps = _steps("--max-steps", cfg.sft_steps)
     blind_argv = sft_steps + ["--blind"]
     blind_proc, blind_start = None, 0.0
-    if cfg.blind_control and not (out / "sft_blind" / ".done.json").is_file() \
-            and not (out / "sft" / ".done.json").is_file() and _side_by_side(recipes):
+    if cfg.blind_control and _stage_done(out, "sft_blind", inputs) is None \
+            and _stage_done(out, "sft", inputs) is None and _side_by_side(recipes):
         # The blind control is the same recipe on blank frames; it trains beside the SFT run (each
         # uses one CPU thread on the tiny profile). Its output goes to sft_blind.log.
         blind_dir = out / "sft_blind"
@@ -268,17 +293,18 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         blind_proc = _start_stage("mllm4d_lite.sft", argv_of("sft.yaml", "sft.jsonl", None, blind_argv, blind_dir),
                                   log_file=out / "sft_blind.log")
     with _killed_on_error(blind_proc):
-        sft = _run_stage("sft", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, sft_steps), times)
+        sft = _run_stage("sft", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, sft_steps), times, inputs=inputs)
 
     def finish_blind() -> None:
         # The cold start needs only SFT, so it starts at once; the blind control goes on beside it.
         log.info("== sft_blind: waiting for the blind control trained beside SFT (log: %s)", out / "sft_blind.log")
         _wait_stage(blind_proc)
-        _finish_stage("sft_blind", out, round(time.time() - blind_start, 1), times, beside="sft+cold_start")
+        _finish_stage("sft_blind", out, round(time.time() - blind_start, 1), times, beside="sft+cold_start",
+                      inputs=inputs)
 
     if cfg.blind_control:
         sft_blind = out / "sft_blind" if blind_proc is not None else _run_stage(
-            "sft_blind", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, blind_argv), times)
+            "sft_blind", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, blind_argv), times, inputs=inputs)
     cold, grpo = out / "cold_start", out / "grpo"
     evals: list[tuple[str, str, Path | None, str, bool]] = [
         ("base", "base model (no fine-tuning)", None, "direct", False),
@@ -300,7 +326,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         if beside:
             argv += ["--num-threads", "1"]  # the training beside it has the other core
         _run_stage(f"eval/{key}", out, cfg.fresh,
-                   lambda d: _call_stage("mllm4d_lite.evaluate", argv + ["--out", str(d)]), times, beside=beside)
+                   lambda d: _call_stage("mllm4d_lite.evaluate", argv + ["--out", str(d)]), times, beside=beside,
+                   inputs=inputs)
 
     # With two cores, each evaluation runs on the second core as soon as its model exists: the
     # direct-prompt ones beside the cold start, the cold start's beside GRPO.
@@ -310,10 +337,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     beside_cold += [lambda e=e: evaluate(e[0], e[2], e[3], e[4], "cold_start" if side_by_side else None) for e in direct]
     with _killed_on_error(blind_proc), _Beside(side_by_side, beside_cold):
         _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
-                                                       _steps("--max-steps", cfg.cold_start_steps)), times)
+                                                       _steps("--max-steps", cfg.cold_start_steps)), times,
+                   inputs=inputs)
     with _Beside(side_by_side, [lambda: evaluate("cold_start", cold, "st-cot", False, "grpo" if side_by_side else None)]):
         _run_stage("grpo", out, cfg.fresh, train("grpo.yaml", "rft.jsonl", cold,
-                                                 _steps("--max-steps", cfg.grpo_steps)), times)
+                                                 _steps("--max-steps", cfg.grpo_steps)), times, inputs=inputs)
     evaluate("grpo", grpo, "st-cot", False)
 
     report = build_demo_report(cfg, out, evals, times)

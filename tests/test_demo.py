@@ -124,6 +124,46 @@ def test_second_run_skips_finished_stages(demo_run):
     assert {p: p.stat().st_mtime for p in (out / "sft" / "adapter").iterdir()} == mtimes
     after = json.loads((out / "report.json").read_text())
     assert after["models"] == json.loads(before)["models"]
+    # every stage's marker names the inputs it finished under, the same for all
+    inputs = {json.loads(m.read_text())["inputs"] for m in out.glob("**/.done.json")}
+    assert len(inputs) == 1 and len(next(iter(inputs))) == 16
+
+
+def test_a_stage_finished_under_other_inputs_is_redone(tmp_path):
+    from mllm4d_lite.demo import _run_stage
+
+    calls = []
+
+    def body(d: Path) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"result{len(calls)}.txt").write_text("x")
+        calls.append(d)
+
+    times: dict[str, float] = {}
+    _run_stage("grpo", tmp_path, False, body, times, inputs="recipe-a")
+    _run_stage("grpo", tmp_path, False, body, times, inputs="recipe-a")
+    assert len(calls) == 1  # same recipes and options: skipped
+    _run_stage("grpo", tmp_path, False, body, times, inputs="recipe-b")
+    assert len(calls) == 2  # the recipe changed: redone, from an empty folder
+    assert sorted(p.name for p in (tmp_path / "grpo").iterdir()) == [".done.json", "result1.txt"]
+    assert json.loads((tmp_path / "grpo" / ".done.json").read_text())["inputs"] == "recipe-b"
+    _run_stage("grpo", tmp_path, True, body, times, inputs="recipe-b")
+    assert len(calls) == 3  # --fresh
+
+
+def test_inputs_fingerprint_follows_recipes_and_options(tmp_path):
+    import shutil
+
+    from mllm4d_lite.demo import DemoConfig, _inputs_fingerprint
+
+    recipes = tmp_path / "tiny"
+    shutil.copytree(REPO / "recipes" / "tiny", recipes)
+    cfg = DemoConfig(recipes=str(recipes))
+    base = _inputs_fingerprint(cfg, recipes)
+    assert _inputs_fingerprint(DemoConfig(recipes=str(recipes), fresh=True, workers=2, out="elsewhere"), recipes) == base
+    assert _inputs_fingerprint(DemoConfig(recipes=str(recipes), grpo_steps=7), recipes) != base
+    (recipes / "grpo.yaml").write_text((recipes / "grpo.yaml").read_text().replace("beta: 0.2", "beta: 0.1"))
+    assert _inputs_fingerprint(cfg, recipes) != base
 
 
 def test_bad_profile_is_a_clear_error(capsys):
