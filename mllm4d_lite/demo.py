@@ -3,7 +3,8 @@
     curate (stereo -> 4D -> QA) -> SFT -> cold start (ST-CoT) -> GRPO (ST-reward) -> eval
 
 Each stage writes under ``<out>/<stage>/`` and, when it finishes, a ``.done.json`` marker with its
-wall time: a second run skips finished stages (``--fresh`` redoes everything). Evaluation
+wall time and a digest of the recipes and options it ran under: a second run skips the stages
+finished under the same ones and redoes the others (``--fresh`` redoes everything). Evaluation
 covers chance, a blind control (the SFT recipe trained and evaluated with blank frames), the base
 model, SFT (direct prompt), cold start and GRPO (ST-CoT prompt) on the held-out benchmark.
 The report (``<out>/report.md`` + ``report.json``) embeds the trajectory plots of two clips,
