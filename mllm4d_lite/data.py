@@ -133,8 +133,10 @@ def balanced_subset(labels: Sequence[Any], size: int, rng: np.random.Generator) 
 
 def _round_robin(indices: list[int], keys: list[tuple], depth: int, rng: np.random.Generator) -> list[int]:
     """``indices`` ordered so that every prefix takes the values of ``keys[i][depth]`` in turn."""
-    if not indices or depth == len(keys[indices[0]]):
-        return [int(i) for i in reversed(rng.permutation(indices))] if indices else []
+    if not indices:
+        return []
+    if depth == len(keys[indices[0]]):  # reversed: the order the seeded pools have always been drawn in
+        return [int(i) for i in reversed(rng.permutation(indices))]
     groups: dict[Any, list[int]] = {}
     for i in indices:
         groups.setdefault(keys[i][depth], []).append(i)

@@ -17,6 +17,7 @@ Profiles: ``tiny`` (CPU, the offline tiny model, recipes/tiny/) and ``gpu-24gb``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import logging
@@ -24,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,6 +39,7 @@ PROFILES = {"tiny": "recipes/tiny", "gpu-24gb": "recipes/qwen2.5-vl-3b"}
 # (tiny_data/lateral) and only with one fixed option order; see README "What these numbers do and
 # do not show". A pretrained model gets every clip and VLM4D-style shuffled letters.
 PROFILE_CLIPS = {"tiny": "tiny_data/lateral", "gpu-24gb": "tiny_data"}
+STAGE_RECIPES = ("sft.yaml", "cold_start.yaml", "grpo.yaml")  # what recipes/<profile>/ must hold
 PROFILE_OPTION_ORDER = {"tiny": "fixed", "gpu-24gb": "balanced"}
 REPO = Path(__file__).resolve().parent.parent
 MIN_GAP_N = 10  # per-category differences are reported for categories with at least this many questions
@@ -169,11 +171,8 @@ def _inputs_fingerprint(cfg: "DemoConfig", recipes: Path) -> str:
     """A digest of what the stages' results depend on: the demo's options (not ``--fresh``,
     ``--out`` or ``--workers``) and the text of the profile's recipes. A stage finished under other
     inputs is redone, so a changed recipe or option never leaves a stale result in the report."""
-    import dataclasses
-    import hashlib
-
-    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("fresh", "out", "workers")}
-    texts = {name: (recipes / name).read_text() for name in ("sft.yaml", "cold_start.yaml", "grpo.yaml")}
+    options = {k: v for k, v in asdict(cfg).items() if k not in ("fresh", "out", "workers")}
+    texts = {name: (recipes / name).read_text() for name in STAGE_RECIPES}
     blob = json.dumps({"options": options, "recipes": texts}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -252,7 +251,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out, "demo_config.yaml")
     recipes = cfg.recipe_dir
-    for stage_file in ("sft.yaml", "cold_start.yaml", "grpo.yaml"):
+    for stage_file in STAGE_RECIPES:
         if not (recipes / stage_file).is_file():
             raise FileNotFoundError(f"{recipes / stage_file} missing; pick a folder of recipes/ with --recipes")
     inputs = _inputs_fingerprint(cfg, recipes)
