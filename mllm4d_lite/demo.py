@@ -502,11 +502,18 @@ def _grpo_reward_line(grpo: dict[str, Any]) -> str:
     line = (f"GRPO training reward, first -> last fifth of the steps: {grpo['reward_first_fifth']:.3f} -> "
             f"{grpo['reward_last_fifth']:.3f} (rise {grpo['reward_rise']:+.3f}")
     if grpo.get("fifths_see_same_prompts"):
-        return line + f"; every fifth saw the same {grpo['train_prompts']} prompts)."
-    if grpo.get("train_prompts"):
-        return line + (f"; the fifths drew different prompts from {grpo['train_prompts']}, so the rise also "
-                       "reflects which prompts were drawn).")
-    return line + ")."
+        line += f"; every fifth saw the same {grpo['train_prompts']} prompts)."
+    elif grpo.get("train_prompts"):
+        line += (f"; the fifths drew different prompts from {grpo['train_prompts']}, so the rise also "
+                 "reflects which prompts were drawn).")
+    else:
+        line += ")."
+    cats = grpo.get("accuracy_by_category_first_last_fifth") or {}
+    both = {c: v for c, v in cats.items() if v[0] is not None and v[1] is not None}
+    if both:
+        line += " Training accuracy by category, first -> last fifth: " + ", ".join(
+            f"{c} {100 * a:.0f} -> {100 * b:.0f} %" for c, (a, b) in both.items()) + "."
+    return line
 
 
 def _data_split_line(qa_summary: dict[str, Any]) -> str:

@@ -31,8 +31,8 @@ against the cold-start policy, as in the paper. Without ``adapter_init`` a fresh
 LLM's projections is trained and the reference is the base model.
 
 Outputs in ``output_dir``: ``adapter/`` (peft, the ``default`` adapter only), ``config.yaml``,
-``metrics.jsonl`` (one line per logging step: reward, each component, completion length, KL,
-s/step, memory), ``reward_curve.png``, ``samples.jsonl`` (completions every ``sample_every``
+``metrics.jsonl`` (one line per logging step: reward, each component, the accuracy of each question
+category drawn, completion length, KL, s/step, memory), ``reward_curve.png``, ``samples.jsonl`` (completions every ``sample_every``
 steps), ``checkpoints/`` (for ``--resume``), ``summary.json``.
 """
 
@@ -455,6 +455,9 @@ def metrics_row(step: int, logs: dict[str, float], reward_names: Sequence[str], 
     row: dict[str, Any] = {"step": step, "reward": logs.get("reward"), "reward_std": logs.get("reward_std")}
     for name in reward_names:
         row[name] = logs.get(f"rewards/{_REWARD_METRIC[name]}/mean")
+    by_category = {k.split("/", 1)[1]: v for k, v in sorted(logs.items()) if k.startswith("accuracy/")}
+    if by_category:
+        row["accuracy_by_category"] = by_category
     row["completion_length"] = logs.get("completions/mean_length")
     row["kl"] = logs.get("kl")
     row["loss"] = logs.get("loss")
@@ -533,6 +536,19 @@ def fifth_means(values: Sequence[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     k = max(1, len(vals) // 5)
     return sum(vals[:k]) / k, sum(vals[-k:]) / k
+
+
+def category_fifths(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[float | None, float | None]]:
+    """Mean training accuracy per question category over the first and over the last fifth of the
+    ``metrics.jsonl`` rows (a step logs only the categories it drew; ``None`` where a fifth drew none)."""
+    k = max(1, len(rows) // 5)
+    cats = sorted({c for r in rows for c in (r.get("accuracy_by_category") or {})})
+
+    def mean(part: Sequence[dict[str, Any]], cat: str) -> float | None:
+        vals = [r["accuracy_by_category"][cat] for r in part if cat in (r.get("accuracy_by_category") or {})]
+        return sum(vals) / len(vals) if vals else None
+
+    return {c: (mean(rows[:k], c), mean(rows[-k:], c)) for c in cats}
 
 
 def fifths_see_same_prompts(steps: int, num_prompts: int, prompts_per_step: float) -> bool:
@@ -719,6 +735,7 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
         "fifths_see_same_prompts": fifths_see_same_prompts(steps, num_prompts, prompts_per_step),
         "format_last": fmt[-1] if fmt else None,
         "format_last_fifth": fifth_means(fmt)[1] if fmt else None,
+        "accuracy_by_category_first_last_fifth": category_fifths(rows),
         "peak_memory_gb": round(_peak_memory_gb(), 3),
         "adapter": str(adapter_dir),
         "blind": cfg.blind,
@@ -749,6 +766,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["GRPOConfigKit", "build_dataset", "build_trainer", "fifth_means", "fifths_see_same_prompts",
+__all__ = ["GRPOConfigKit", "build_dataset", "build_trainer", "category_fifths", "fifth_means", "fifths_see_same_prompts",
            "load_rft_records", "main", "metrics_row", "plot_reward_curve", "prompt_messages", "run", "video_rows_for"]
 

@@ -11,7 +11,8 @@ one-item list is broadcast): ``answer``, ``choices``, ``question_type`` (accurac
 A malformed completion never raises: it scores 0 (or what the definition gives it) and is
 counted in :data:`REWARD_STATS` by reward and reason; inside TRL each call also reports the
 fraction of malformed completions through the trainer's ``log_metric`` hook as
-``malformed/<reward>``. A missing dataset column, or a column of the wrong length, is a
+``malformed/<reward>``; the accuracy reward also logs ``accuracy/<category>``, the mean
+accuracy per question category of the call (when the ``category`` column is there). A missing dataset column, or a column of the wrong length, is a
 wiring error and raises ``ValueError``.
 
 Definitions (release: ``qwen-vl-rft/ST-reward.py`` of GVCLab/MLLM-4D)
@@ -413,7 +414,27 @@ def accuracy_reward(completions: Sequence[Any], *, strict_release: bool = False,
         scores.append(value)
         reasons.append(reason)
     _report("accuracy", reasons, kwargs.get("log_metric"))
+    _report_by_category(scores, kwargs)
     return scores
+
+
+def _report_by_category(scores: Sequence[float], kwargs: Mapping[str, Any]) -> None:
+    """Inside TRL, log the mean accuracy of each question category in this call as
+    ``accuracy/<category>`` (the ``category`` column of ``rft.jsonl``; nothing without it), so a
+    run shows which categories GRPO raises and which it unlearns."""
+    log_metric = kwargs.get("log_metric")
+    if not callable(log_metric):
+        return
+    categories = _column(kwargs, "category", len(scores), "accuracy", required=False)
+    by: dict[str, list[float]] = {}
+    for category, score in zip(categories, scores):
+        if category:
+            by.setdefault(str(category), []).append(score)
+    for category, values in sorted(by.items()):
+        try:
+            log_metric(f"accuracy/{category}", sum(values) / len(values))
+        except Exception:  # logging must never break a training step
+            log.debug("log_metric failed for accuracy/%s", category, exc_info=True)
 
 
 # --------------------------------------------------------------------------- camera / object centres

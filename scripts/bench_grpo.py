@@ -93,6 +93,7 @@ def main() -> int:
               "reward_rise": round(last - first, 4), "format_last_fifth": round(fmt_last, 4),
               "components_first_last_fifth": {k: [round(a, 4), round(b, 4)] for k, (a, b) in comps.items()},
               "kl_last_fifth": round(grpo.fifth_means([r["kl"] or 0.0 for r in rows])[1], 4),
+              "train_accuracy_by_category_first_last_fifth": summary["accuracy_by_category_first_last_fifth"],
               "peak_memory_gb": summary["peak_memory_gb"], "overrides": args.set}
 
     if args.eval_samples:
@@ -130,9 +131,16 @@ def main() -> int:
           f"prompts in each fifth) | reward first fifth {first:.3f} -> last fifth {last:.3f} "
           f"(rise {last - first:+.3f}, target >= 0.1) | format last fifth {fmt_last:.3f} (target >= 0.9) | "
           + " ".join(f"{k} {a:.2f}->{b:.2f}" for k, (a, b) in comps.items())
-          + f" | KL last fifth {result['kl_last_fifth']:.3f}" + held + " | "
+          + f" | KL last fifth {result['kl_last_fifth']:.3f} | training accuracy by category, first -> last "
+          f"fifth: " + ", ".join(f"{k} {_fmt(a)}->{_fmt(b)}" for k, (a, b) in
+                                 result["train_accuracy_by_category_first_last_fifth"].items())
+          + held + " | "
           + ", ".join(f"{name} {'PASS' if hit else 'MISS'}" for name, hit in targets.items()))
     return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

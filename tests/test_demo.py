@@ -97,6 +97,10 @@ def test_report_numbers_equal_eval_json(demo_run):
       "fifths_see_same_prompts": True}, "0.400 -> 0.500 (rise +0.100; every fifth saw the same 24 prompts)"),
     ({"reward_first_fifth": 0.4, "reward_last_fifth": 0.3, "reward_rise": -0.1, "train_prompts": 218,
       "fifths_see_same_prompts": False}, "(rise -0.100; the fifths drew different prompts from 218"),
+    ({"reward_first_fifth": 0.4, "reward_last_fifth": 0.5, "reward_rise": 0.1, "train_prompts": 24,
+      "fifths_see_same_prompts": True,
+      "accuracy_by_category_first_last_fifth": {"counting": [0.5, 0.75], "false_positive": [1.0, None]}},
+     "prompts). Training accuracy by category, first -> last fifth: counting 50 -> 75 %."),
 ])
 def test_grpo_reward_line_says_whether_the_fifths_compare_the_same_prompts(summary, says):
     assert says in demo._grpo_reward_line(summary)

@@ -164,6 +164,14 @@ def test_prompt_ablation_switches_system_and_instruction():
     assert direct[-1]["content"][1]["text"] == prompts.direct_prompt(rec["question"], CHOICES)
 
 
+def test_category_fifths_average_the_steps_that_drew_each_category():
+    rows = [{"accuracy_by_category": {"counting": 0.0, "false_positive": 1.0}},
+            {"accuracy_by_category": {"counting": 0.5}}] + [{}] * 6 + \
+           [{"accuracy_by_category": {"counting": 1.0}}, {"accuracy_by_category": {"counting": 0.5}}]
+    assert grpo.category_fifths(rows) == {"counting": (0.25, 0.75), "false_positive": (1.0, None)}
+    assert grpo.category_fifths([{"reward": 0.5}]) == {}
+
+
 def test_fifth_means():
     first, last = grpo.fifth_means([0.0] * 5 + [0.5] * 10 + [1.0] * 5)
     assert (first, last) == (0.0, 1.0)
@@ -341,6 +349,8 @@ def test_tiny_grpo_run_updates_lora_logs_every_component_and_resumes(grpo_data, 
             assert row[key] is not None and np.isfinite(row[key]), (key, row)
         weighted = 0.2 * row["format"] + 0.6 * row["accuracy"] + 0.1 * row["camera"] + 0.1 * row["object"]
         assert row["reward"] == pytest.approx(weighted, abs=1e-4)
+        # every prompt here is a camera-direction question: its accuracy is the step's accuracy
+        assert row["accuracy_by_category"] == {"camera_direction": pytest.approx(row["accuracy"], abs=1e-6)}
     assert max(r["reward_std"] for r in rows) > 0, "no reward variance: the run could not learn"
 
     before, after = _adapter_weights(cold_start_adapter), _adapter_weights(out / "adapter")

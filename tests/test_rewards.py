@@ -366,7 +366,23 @@ def test_trl_call_convention_and_metrics():
     for func in get_reward_funcs(["format", "accuracy", "camera", "object"]):
         assert func(completions, **kwargs) == [1.0, 0.0]
     assert logged == {"malformed/format": 0.5, "malformed/accuracy": 0.5, "malformed/camera": 0.5,
-                      "malformed/object": 0.5}
+                      "malformed/object": 0.5, "accuracy/camera_direction": 0.5}
+
+
+def test_accuracy_is_logged_per_category():
+    """Each category's mean accuracy of the call, so a run shows what GRPO raises and unlearns."""
+    logged = {}
+    completions = ["<answer>C</answer>", "<answer>A</answer>", "<answer>C</answer>", "<answer>C</answer>",
+                   "<answer>B</answer>"]
+    scores = accuracy_reward(completions, answer="forward", choices=CHOICES,
+                             category=["counting", "counting", "false_positive", "false_positive", None],
+                             log_metric=lambda name, value: logged.update({name: value}))
+    assert scores == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert logged == {"malformed/accuracy": 0.0, "accuracy/counting": 0.5, "accuracy/false_positive": 1.0}
+    logged.clear()
+    accuracy_reward(completions[:2], answer="forward", choices=CHOICES,
+                    log_metric=lambda name, value: logged.update({name: value}))
+    assert logged == {"malformed/accuracy": 0.0}, "no category column: no per-category metric"
 
 
 # ----------------------------------------------------------------------------- registry
