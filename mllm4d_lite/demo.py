@@ -17,6 +17,7 @@ Profiles: ``tiny`` (CPU, the offline tiny model, recipes/tiny/) and ``gpu-24gb``
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -266,9 +267,10 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
     clips = _subset_clips(cfg, out)
     option_order = cfg.qa_option_order or PROFILE_OPTION_ORDER[cfg.profile]
-    _run_stage("curate", out, cfg.fresh, lambda d: _call_stage("mllm4d_lite.curate", [
+    stage = functools.partial(_run_stage, out=out, fresh=cfg.fresh, times=times, inputs=inputs)
+    stage("curate", body=lambda d: _call_stage("mllm4d_lite.curate", [
         "--clips", str(clips), "--out", str(d), "--plot", "--score", "--workers", str(cfg.workers),
-        "--qa-option-order", option_order, "--rft-fraction", str(cfg.rft_fraction)]), times, inputs=inputs)
+        "--qa-option-order", option_order, "--rft-fraction", str(cfg.rft_fraction)]))
 
     def argv_of(recipe: str, train_file: str, adapter_init: Path | None, extra: list[str], d: Path) -> list[str]:
         init = ["--adapter-init", str(adapter_init / "adapter")] if adapter_init else []
@@ -293,7 +295,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         blind_proc = _start_stage("mllm4d_lite.sft", argv_of("sft.yaml", "sft.jsonl", None, blind_argv, blind_dir),
                                   log_file=out / "sft_blind.log")
     with _killed_on_error(blind_proc):
-        sft = _run_stage("sft", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, sft_steps), times, inputs=inputs)
+        sft = stage("sft", body=train("sft.yaml", "sft.jsonl", None, sft_steps))
 
     def finish_blind() -> None:
         # The cold start needs only SFT, so it starts at once; the blind control goes on beside it.
@@ -303,8 +305,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                       inputs=inputs)
 
     if cfg.blind_control:
-        sft_blind = out / "sft_blind" if blind_proc is not None else _run_stage(
-            "sft_blind", out, cfg.fresh, train("sft.yaml", "sft.jsonl", None, blind_argv), times, inputs=inputs)
+        sft_blind = out / "sft_blind" if blind_proc is not None else stage(
+            "sft_blind", body=train("sft.yaml", "sft.jsonl", None, blind_argv))
     cold, grpo = out / "cold_start", out / "grpo"
     evals: list[tuple[str, str, Path | None, str, bool]] = [
         ("base", "base model (no fine-tuning)", None, "direct", False),
@@ -325,9 +327,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             argv += ["--blind"]
         if beside:
             argv += ["--num-threads", "1"]  # the training beside it has the other core
-        _run_stage(f"eval/{key}", out, cfg.fresh,
-                   lambda d: _call_stage("mllm4d_lite.evaluate", argv + ["--out", str(d)]), times, beside=beside,
-                   inputs=inputs)
+        stage(f"eval/{key}", body=lambda d: _call_stage("mllm4d_lite.evaluate", argv + ["--out", str(d)]),
+              beside=beside)
 
     # With two cores, each evaluation runs on the second core as soon as its model exists: the
     # direct-prompt ones beside the cold start, the cold start's beside GRPO.
@@ -336,12 +337,10 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     beside_cold = [finish_blind] if blind_proc is not None else []
     beside_cold += [lambda e=e: evaluate(e[0], e[2], e[3], e[4], "cold_start" if side_by_side else None) for e in direct]
     with _killed_on_error(blind_proc), _Beside(side_by_side, beside_cold):
-        _run_stage("cold_start", out, cfg.fresh, train("cold_start.yaml", "cot.jsonl", sft,
-                                                       _steps("--max-steps", cfg.cold_start_steps)), times,
-                   inputs=inputs)
+        stage("cold_start", body=train("cold_start.yaml", "cot.jsonl", sft,
+                                       _steps("--max-steps", cfg.cold_start_steps)))
     with _Beside(side_by_side, [lambda: evaluate("cold_start", cold, "st-cot", False, "grpo" if side_by_side else None)]):
-        _run_stage("grpo", out, cfg.fresh, train("grpo.yaml", "rft.jsonl", cold,
-                                                 _steps("--max-steps", cfg.grpo_steps)), times, inputs=inputs)
+        stage("grpo", body=train("grpo.yaml", "rft.jsonl", cold, _steps("--max-steps", cfg.grpo_steps)))
     evaluate("grpo", grpo, "st-cot", False)
 
     report = build_demo_report(cfg, out, evals, times)
