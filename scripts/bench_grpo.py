@@ -19,6 +19,11 @@ replies to every question of the benchmark, before and after, per category; cate
 trained on are starred) says whether it generalises, and whether it unlearns the categories it
 does not train on.
 
+Before and after the run it also samples ``--start-samples`` fresh replies per pool prompt (as GRPO
+samples them) from the cold start and from the GRPO adapter, and prints their mean reward: the
+pool's reward outside training. The cold start's figure says where the first fifth should sit if
+the policy did not learn within it; the pair is a second, independent before/after of the rise.
+
 The demo curates with ``--rft-fraction 0.25``, so ``rft.jsonl`` holds prompts of clips that SFT and
 the cold start never saw. Figures per seed are in the header of ``recipes/tiny/grpo.yaml``.
 
@@ -56,6 +61,9 @@ def main() -> int:
                     help="prompts to train on (-1 = one fifth of the run's prompt draws; 0 = all)")
     ap.add_argument("--eval-samples", type=int, default=-1,
                     help="held-out bench entries to score, every category (-1 = the whole benchmark, 0 = skip)")
+    ap.add_argument("--start-samples", type=int, default=8,
+                    help="replies sampled per pool prompt, as GRPO samples them, from the cold start before "
+                         "and from the GRPO adapter after training (0 = skip): the pool's reward outside the run")
     ap.add_argument("--set", nargs="*", default=[], help="grpo overrides key=value")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -80,6 +88,10 @@ def main() -> int:
     cfg.max_samples = pool or None
     cfg.validate()
 
+    pool_reward = {}
+    if args.start_samples > 0:
+        pool_reward["cold_start"] = sampled_pool_reward(cfg, adapter, args.start_samples)
+
     t0 = time.perf_counter()
     summary = grpo.run(cfg)
     grpo_s = time.perf_counter() - t0
@@ -95,6 +107,10 @@ def main() -> int:
               "kl_last_fifth": round(grpo.fifth_means([r["kl"] or 0.0 for r in rows])[1], 4),
               "train_accuracy_by_category_first_last_fifth": summary["accuracy_by_category_first_last_fifth"],
               "peak_memory_gb": summary["peak_memory_gb"], "overrides": args.set}
+
+    if pool_reward:
+        pool_reward["grpo"] = sampled_pool_reward(cfg, out / "grpo" / "adapter", args.start_samples)
+        result["pool_reward_sampled"] = {"replies_per_prompt": args.start_samples, **pool_reward}
 
     if args.eval_samples:
         from mllm4d_lite.data import VideoCache, check_videos, load_records
@@ -134,9 +150,69 @@ def main() -> int:
           + f" | KL last fifth {result['kl_last_fifth']:.3f} | training accuracy by category, first -> last "
           f"fifth: " + ", ".join(f"{k} {_fmt(a)}->{_fmt(b)}" for k, (a, b) in
                                  result["train_accuracy_by_category_first_last_fifth"].items())
-          + held + " | "
+          + pool_line(result.get("pool_reward_sampled")) + held + " | "
           + ", ".join(f"{name} {'PASS' if hit else 'MISS'}" for name, hit in targets.items()))
     return 0
+
+
+def sampled_pool_reward(cfg, adapter: Path, replies: int) -> dict:
+    """Mean total reward (the recipe's weights) of ``replies`` fresh replies per prompt of the GRPO
+    pool, sampled as GRPO samples them (temperature, top-p/k, min-p, length), from ``adapter``:
+    the pool's reward outside the run, before and after, per category."""
+    import torch
+
+    from mllm4d_lite import grpo
+    from mllm4d_lite.data import VideoCache, check_videos
+    from mllm4d_lite.model import load_model_and_processor, video_kwargs
+    from mllm4d_lite.rewards import get_reward_funcs
+
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    records = grpo.load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories,
+                                    cfg.balance_answers, cfg.balance_categories)
+    cache = VideoCache(cfg.num_frames)
+    records, _ = check_videos(records, cache)
+    model, processor = load_model_and_processor(cfg.model, adapter=str(adapter), device="cpu", dtype=cfg.dtype,
+                                                max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels)
+    tok = processor.tokenizer
+    suppress = [tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                                        "<|vision_end|>")]
+    funcs = get_reward_funcs(cfg.reward_funcs, strict_release=cfg.strict_release_rewards)
+    per_prompt: list[tuple[str, float]] = []
+    for start in range(0, len(records), 2):
+        batch = records[start:start + 2]
+        texts = [processor.apply_chat_template(grpo.prompt_messages(r, cfg.use_st_cot_prompt), tokenize=False,
+                                               add_generation_prompt=True) for r in batch]
+        enc = processor(text=texts, padding=True, return_tensors="pt",
+                        **video_kwargs(processor, [cache.get(r["video_path"]) for r in batch]))
+        with torch.no_grad():
+            ids = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 top_k=cfg.top_k, min_p=cfg.min_p or None, max_new_tokens=cfg.max_completion_length,
+                                 num_return_sequences=replies, suppress_tokens=suppress,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+        texts_out = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for j, rec in enumerate(batch):
+            completions = texts_out[j * replies:(j + 1) * replies]
+            columns = {"answer": rec["answer"], "choices": rec.get("choices"),
+                       "question_type": rec.get("question_type", "multiple-choice"),
+                       "solution": rec.get("solution") or {"camera_center": [], "object_center": []}}
+            scores = [f(completions, **{k: [v] * replies for k, v in columns.items()}) for f in funcs]
+            total = sum(w * sum(sc) / replies for w, sc in zip(cfg.reward_weights, scores))
+            per_prompt.append((str(rec.get("category")), total))
+    by_category: dict[str, list[float]] = {}
+    for category, total in per_prompt:
+        by_category.setdefault(category, []).append(total)
+    return {"prompts": len(per_prompt), "reward": round(sum(t for _, t in per_prompt) / len(per_prompt), 4),
+            "by_category": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_category.items())}}
+
+
+def pool_line(pool: dict | None) -> str:
+    if not pool:
+        return ""
+    before, after = pool["cold_start"], pool["grpo"]
+    return (f" | pool reward, {pool['replies_per_prompt']} fresh replies per prompt outside the run: cold start "
+            f"{before['reward']:.3f} -> GRPO {after['reward']:.3f} ({after['reward'] - before['reward']:+.3f})")
 
 
 def _fmt(value: float | None) -> str:
