@@ -31,9 +31,10 @@ against the cold-start policy, as in the paper. Without ``adapter_init`` a fresh
 LLM's projections is trained and the reference is the base model.
 
 Outputs in ``output_dir``: ``adapter/`` (peft, the ``default`` adapter only), ``config.yaml``,
-``metrics.jsonl`` (one line per logging step: reward, each component, the accuracy of each question
-category drawn, completion length, KL, s/step, memory), ``reward_curve.png``, ``samples.jsonl`` (completions every ``sample_every``
-steps), ``checkpoints/`` (for ``--resume``), ``summary.json``.
+``metrics.jsonl`` (one line per logging step: reward, each component, the accuracy of each
+question category drawn, completion length, KL, s/step, memory), ``reward_curve.png``,
+``samples.jsonl`` (completions every ``sample_every`` steps), ``checkpoints/`` (for ``--resume``),
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -596,6 +597,13 @@ def lora_target_regex(names: Sequence[str]) -> str:
     return r"^(?!.*visual).*\.(" + "|".join(re.escape(n) for n in names) + r")$"
 
 
+def vision_token_ids(tokenizer) -> list[int]:
+    """The ids of the vision placeholder tokens, which sampling must never emit: a sampled one
+    would break the next forward (it asks for video features the reply does not have)."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                                          "<|vision_end|>")]
+
+
 def _check_setup(cfg: GRPOConfigKit, device: str) -> None:
     from mllm4d_lite.model import ModelSetupError, check_gpu_only_settings
 
@@ -640,9 +648,7 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=lora_target_regex(cfg.lora_target_modules), task_type="CAUSAL_LM")
     torch_dtype = pick_dtype(cfg.dtype, device)
-    tok = processor.tokenizer
-    suppress = [tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                        "<|vision_end|>")]
+    suppress = vision_token_ids(processor.tokenizer)
     out_dir = Path(cfg.output_dir)
     args = GRPOConfig(
         output_dir=str(out_dir / "checkpoints"),
@@ -766,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["GRPOConfigKit", "build_dataset", "build_trainer", "category_fifths", "fifth_means", "fifths_see_same_prompts",
-           "load_rft_records", "main", "metrics_row", "plot_reward_curve", "prompt_messages", "run", "video_rows_for"]
+__all__ = ["GRPOConfigKit", "build_dataset", "build_trainer", "category_fifths", "fifth_means",
+           "fifths_see_same_prompts", "load_rft_records", "main", "metrics_row", "plot_reward_curve",
+           "prompt_messages", "run", "video_rows_for", "vision_token_ids"]
 

@@ -12,8 +12,8 @@ A malformed completion never raises: it scores 0 (or what the definition gives i
 counted in :data:`REWARD_STATS` by reward and reason; inside TRL each call also reports the
 fraction of malformed completions through the trainer's ``log_metric`` hook as
 ``malformed/<reward>``; the accuracy reward also logs ``accuracy/<category>``, the mean
-accuracy per question category of the call (when the ``category`` column is there). A missing dataset column, or a column of the wrong length, is a
-wiring error and raises ``ValueError``.
+accuracy per question category of the call (when the ``category`` column is there). A missing
+dataset column, or a column of the wrong length, is a wiring error and raises ``ValueError``.
 
 Definitions (release: ``qwen-vl-rft/ST-reward.py`` of GVCLab/MLLM-4D)
 ------------------------------------------------------------------------

@@ -176,8 +176,7 @@ def sampled_pool_reward(cfg, adapter: Path, replies: int) -> dict:
     model, processor = load_model_and_processor(cfg.model, adapter=str(adapter), device="cpu", dtype=cfg.dtype,
                                                 max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels)
     tok = processor.tokenizer
-    suppress = [tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                        "<|vision_end|>")]
+    suppress = grpo.vision_token_ids(tok)
     funcs = get_reward_funcs(cfg.reward_funcs, strict_release=cfg.strict_release_rewards)
     per_prompt: list[tuple[str, float]] = []
     for start in range(0, len(records), 2):
