@@ -230,13 +230,25 @@ def build_dataset(records: Sequence[dict[str, Any]], cache, use_st_cot_prompt: b
             out["prompt"].append(messages)
             out["id"].append(str(rec["id"]))
             out["category"].append(rec.get("category"))
-            out["answer"].append(rec.get("answer"))
-            out["choices"].append(rec.get("choices"))
-            out["question_type"].append(rec.get("question_type", "multiple-choice"))
-            out["solution"].append(rec.get("solution") or {"camera_center": [], "object_center": []})
+            for key, value in reward_columns(rec).items():
+                out[key].append(value)
         return out
 
     return ds.with_transform(transform)
+
+
+def reward_columns(record: dict[str, Any]) -> dict[str, Any]:
+    """The columns the ST-reward reads for one record: ``answer``, ``choices``, ``question_type``
+    and ``solution`` (no centres when the record has none)."""
+    return {"answer": record.get("answer"), "choices": record.get("choices"),
+            "question_type": record.get("question_type", "multiple-choice"),
+            "solution": record.get("solution") or {"camera_center": [], "object_center": []}}
+
+
+def load_pool(cfg: "GRPOConfigKit") -> list[dict[str, Any]]:
+    """The prompts a run trains on: ``cfg.train_file`` filtered and subset as ``cfg`` says."""
+    return load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories, cfg.balance_answers,
+                            cfg.balance_categories)
 
 
 def load_rft_records(path: str | Path, max_samples: int | None = None, seed: int = 0,
@@ -633,8 +645,7 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
         torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
     if records is None:
-        records = load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories,
-                                   cfg.balance_answers, cfg.balance_categories)
+        records = load_pool(cfg)
     cache = VideoCache(cfg.num_frames, blank=cfg.blind)
     records, skipped = check_videos(records, cache)
     if not records:
@@ -773,6 +784,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["GRPOConfigKit", "build_dataset", "build_trainer", "category_fifths", "fifth_means",
-           "fifths_see_same_prompts", "load_rft_records", "main", "metrics_row", "plot_reward_curve",
-           "prompt_messages", "run", "video_rows_for", "vision_token_ids"]
+           "fifths_see_same_prompts", "load_pool", "load_rft_records", "main", "metrics_row",
+           "plot_reward_curve", "prompt_messages", "reward_columns", "run", "video_rows_for", "vision_token_ids"]
 

@@ -88,9 +88,15 @@ def main() -> int:
     cfg.max_samples = pool or None
     cfg.validate()
 
-    pool_reward = {}
-    if args.start_samples > 0:
-        pool_reward["cold_start"] = sampled_pool_reward(cfg, adapter, args.start_samples)
+    pool_reward: dict = {}
+    if args.start_samples > 0:  # the pool and its frames are read once, for before and after
+        import torch  # noqa: F401  (before the first decode, see mllm4d_lite/video.py)
+
+        from mllm4d_lite.data import VideoCache, check_videos
+
+        pool_cache = VideoCache(cfg.num_frames)
+        pool_records, _ = check_videos(grpo.load_pool(cfg), pool_cache)
+        pool_reward["cold_start"] = sampled_pool_reward(cfg, adapter, pool_records, pool_cache, args.start_samples)
 
     t0 = time.perf_counter()
     summary = grpo.run(cfg)
@@ -109,7 +115,8 @@ def main() -> int:
               "peak_memory_gb": summary["peak_memory_gb"], "overrides": args.set}
 
     if pool_reward:
-        pool_reward["grpo"] = sampled_pool_reward(cfg, out / "grpo" / "adapter", args.start_samples)
+        pool_reward["grpo"] = sampled_pool_reward(cfg, out / "grpo" / "adapter", pool_records, pool_cache,
+                                                  args.start_samples)
         result["pool_reward_sampled"] = {"replies_per_prompt": args.start_samples, **pool_reward}
 
     if args.eval_samples:
@@ -155,24 +162,19 @@ def main() -> int:
     return 0
 
 
-def sampled_pool_reward(cfg, adapter: Path, replies: int) -> dict:
+def sampled_pool_reward(cfg, adapter: Path, records: list, cache, replies: int) -> dict:
     """Mean total reward (the recipe's weights) of ``replies`` fresh replies per prompt of the GRPO
-    pool, sampled as GRPO samples them (temperature, top-p/k, min-p, length), from ``adapter``:
-    the pool's reward outside the run, before and after, per category."""
+    pool (``records``, frames from ``cache``), sampled as GRPO samples them (temperature, top-p/k,
+    min-p, length), from ``adapter``: the pool's reward outside the run, before and after, per category."""
     import torch
 
     from mllm4d_lite import grpo
-    from mllm4d_lite.data import VideoCache, check_videos
     from mllm4d_lite.model import load_model_and_processor, video_kwargs
     from mllm4d_lite.rewards import get_reward_funcs
 
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
-    records = grpo.load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories,
-                                    cfg.balance_answers, cfg.balance_categories)
-    cache = VideoCache(cfg.num_frames)
-    records, _ = check_videos(records, cache)
     model, processor = load_model_and_processor(cfg.model, adapter=str(adapter), device="cpu", dtype=cfg.dtype,
                                                 max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels)
     tok = processor.tokenizer
@@ -193,10 +195,8 @@ def sampled_pool_reward(cfg, adapter: Path, replies: int) -> dict:
         texts_out = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         for j, rec in enumerate(batch):
             completions = texts_out[j * replies:(j + 1) * replies]
-            columns = {"answer": rec["answer"], "choices": rec.get("choices"),
-                       "question_type": rec.get("question_type", "multiple-choice"),
-                       "solution": rec.get("solution") or {"camera_center": [], "object_center": []}}
-            scores = [f(completions, **{k: [v] * replies for k, v in columns.items()}) for f in funcs]
+            columns = {k: [v] * replies for k, v in grpo.reward_columns(rec).items()}
+            scores = [f(completions, **columns) for f in funcs]
             total = sum(w * sum(sc) / replies for w, sc in zip(cfg.reward_weights, scores))
             per_prompt.append((str(rec.get("category")), total))
     by_category: dict[str, list[float]] = {}
