@@ -290,8 +290,11 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
     tokenizer = build_tokenizer()
     token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = tiny_config(family, len(tokenizer), token_ids, hidden_size=hidden_size, num_layers=num_layers)
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config)
+    # The caller's random state is left as it was: a training run that builds the cached model on
+    # first use must draw the same LoRA initialisation as one that finds it built.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config)
     # The LM head is the frozen, tied embedding matrix (std 0.1, |e| ~ 1.1) and LoRA does not train
     # the final RMSNorm; with its gain at 1 the logits span only ~[-13, 13] around a random
     # background, so the model cannot express "one of the four letters" (the letters' total

@@ -58,6 +58,17 @@ def test_build_is_deterministic(tmp_path):
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
 
 
+def test_build_leaves_the_callers_random_state_alone(tmp_path):
+    """A run that builds the cached tiny model on first use draws the same LoRA initialisation as a
+    run that finds it built (before, the first demo of a fresh clone trained other SFT weights, and
+    which of the two SFT runs started side by side built the model was a race)."""
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    M.tiny_model_dir("qwen2.5-vl", root=tmp_path, vision="motion")
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_motion_vision_tower(tmp_path, tiny_qwen25):
     """vision='motion': only the patch embedding and the vision blocks' output projections differ
     from the random build, and the tower's tokens answer to change between frames, not to a
