@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mllm4d_lite.config import ConfigError, atomic_write_json, atomic_write_text, parse_config, save_figure, save_resolved
+from mllm4d_lite.model import THREADS_FILE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -97,25 +98,27 @@ class DemoConfig:
 # Stage runner
 # ----------------------------------------------------------------------------------------------
 
-def _call_stage(module: str, argv: list[str]) -> None:
+def _call_stage(module: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     """Run ``mllm4d <stage> argv`` in a child process (each stage gets a clean interpreter and
-    gives its memory back); a non-zero exit is an error naming the command."""
-    _wait_stage(_start_stage(module, argv))
+    gives its memory back); a non-zero exit is an error naming the command. ``env``: variables
+    added to the child's environment."""
+    _wait_stage(_start_stage(module, argv, env=env))
 
 
-def _start_stage(module: str, argv: list[str], log_file: Path | None = None):
+def _start_stage(module: str, argv: list[str], log_file: Path | None = None, env: dict[str, str] | None = None):
     """Start ``mllm4d <stage> argv`` without waiting; its output goes to ``log_file`` when given."""
     import subprocess
 
     stage = {"mllm4d_lite.evaluate": "eval"}.get(module, module.rsplit(".", 1)[-1])
     cmd = [sys.executable, "-m", "mllm4d_lite", stage, *argv]
     log.info("$ mllm4d %s %s%s", stage, " ".join(argv), f"  (in the background, log: {log_file})" if log_file else "")
+    child_env = {**os.environ, **env} if env else None
     if log_file is None:
-        proc = subprocess.Popen(cmd)
+        proc = subprocess.Popen(cmd, env=child_env)
     else:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "w") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env)
     proc.description = f"mllm4d {stage} {' '.join(argv)}"  # type: ignore[attr-defined]
     return proc
 
@@ -139,10 +142,15 @@ def _killed_on_error(proc) -> Iterator[None]:
 
 class _Beside:
     """``with _Beside(parallel, jobs): body`` runs ``jobs`` (one after another) in a thread while
-    ``body`` runs, when ``parallel``; else after ``body``. An error of a job is raised on exit."""
+    ``body`` runs, when ``parallel``; else after ``body``. An error of a job is raised on exit.
 
-    def __init__(self, parallel: bool, jobs: list[Callable[[], None]]):
+    ``threads_file`` (when ``parallel``): holds 1 while the jobs run and the machine's core count
+    once they are done; the body's training stage follows it (``model.follow_thread_share``), so it
+    takes the second core as soon as the jobs leave it."""
+
+    def __init__(self, parallel: bool, jobs: list[Callable[[], None]], threads_file: Path | None = None):
         self.parallel, self.jobs, self.error, self.thread = parallel, jobs, None, None
+        self.threads_file = threads_file
 
     def _work(self) -> None:
         try:
@@ -150,11 +158,16 @@ class _Beside:
                 job()
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             self.error = err
+        finally:
+            if self.parallel and self.threads_file is not None:
+                atomic_write_text(self.threads_file, f"{_cores()}\n")
 
     def __enter__(self) -> "_Beside":
         if self.parallel:
             import threading
 
+            if self.threads_file is not None:
+                atomic_write_text(self.threads_file, "1\n")
             self.thread = threading.Thread(target=self._work, daemon=True)
             self.thread.start()
         return self
@@ -277,9 +290,12 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         return ["--config", str(recipes / recipe), "--train-file", str(data / train_file), "--output-dir", str(d),
                 *init, *extra]
 
-    def train(recipe: str, train_file: str, adapter_init: Path | None, extra: list[str]):
+    threads_file = out / ".threads"  # the training stage's CPU threads while evaluations run beside it
+
+    def train(recipe: str, train_file: str, adapter_init: Path | None, extra: list[str], follow_threads=False):
         module = "mllm4d_lite.grpo" if recipe == "grpo.yaml" else "mllm4d_lite.sft"
-        return lambda d: _call_stage(module, argv_of(recipe, train_file, adapter_init, extra, d))
+        env = {THREADS_FILE_ENV: str(threads_file)} if follow_threads else None
+        return lambda d: _call_stage(module, argv_of(recipe, train_file, adapter_init, extra, d), env=env)
 
     sft_steps = _steps("--max-steps", cfg.sft_steps)
     blind_argv = sft_steps + ["--blind"]
@@ -336,21 +352,33 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     direct = [e for e in evals if e[3] == "direct"]
     beside_cold = [finish_blind] if blind_proc is not None else []
     beside_cold += [lambda e=e: evaluate(e[0], e[2], e[3], e[4], "cold_start" if side_by_side else None) for e in direct]
-    with _killed_on_error(blind_proc), _Beside(side_by_side, beside_cold):
+    # The cold start and GRPO train on one core while those run, then on both (threads_file).
+    with _killed_on_error(blind_proc), _Beside(side_by_side, beside_cold, threads_file):
         stage("cold_start", body=train("cold_start.yaml", "cot.jsonl", sft,
-                                       _steps("--max-steps", cfg.cold_start_steps)))
-    with _Beside(side_by_side, [lambda: evaluate("cold_start", cold, "st-cot", False, "grpo" if side_by_side else None)]):
-        stage("grpo", body=train("grpo.yaml", "rft.jsonl", cold, _steps("--max-steps", cfg.grpo_steps)))
+                                       _steps("--max-steps", cfg.cold_start_steps), side_by_side))
+    with _Beside(side_by_side, [lambda: evaluate("cold_start", cold, "st-cot", False, "grpo" if side_by_side else None)],
+                 threads_file):
+        stage("grpo", body=train("grpo.yaml", "rft.jsonl", cold, _steps("--max-steps", cfg.grpo_steps),
+                                 side_by_side))
     evaluate("grpo", grpo, "st-cot", False)
 
     report = build_demo_report(cfg, out, evals, times)
     return report
 
 
+def _cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _side_by_side(recipes: Path) -> bool:
-    """Whether two jobs may run at once: the recipes train on the CPU (one thread each) and the
-    machine has two cores or more. On a GPU profile two jobs would share one GPU's memory."""
-    return (os.cpu_count() or 1) >= 2 and str(_recipe_value(recipes / "sft.yaml", "device", "")) == "cpu"
+    """Whether two jobs may run at once: the recipes train on the CPU (one thread each while a job
+    runs beside them) and the machine has two cores or more. On a GPU profile two jobs would share
+    one GPU's memory."""
+    return _cores() >= 2 and str(_recipe_value(recipes / "sft.yaml", "device", "")) == "cpu"
 
 
 def _recipe_value(path: Path, key: str, default: Any) -> Any:
@@ -460,11 +488,36 @@ def build_demo_report(cfg: DemoConfig, out: Path, evals: list, times: dict[str, 
         "curation_scorecard": curate_score,
         "qa_summary": {k: qa_summary.get(k) for k in ("num_clips", "questions", "per_category", "answer_letters")
                        if k in (qa_summary or {})},
+        "machine": machine_info(),
     }
     plots = _accuracy_plot(rows, chance, out / "accuracy.png")
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _report_markdown(report, out, plots))
     return report
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the report was built: CPU model, cores, torch version and the vector instruction set
+    its CPU kernels use, GPU name. The tiny profile's figures depend on the CPU: kernels for other
+    instruction sets round differently, and minutes of training carry the difference into the
+    scores (README, "Expected figures")."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": _cores(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
 def _accuracy_plot(rows: list[dict[str, Any]], chance: float | None, path: Path) -> Path | None:
@@ -590,6 +643,10 @@ def _report_markdown(report: dict[str, Any], out: Path, accuracy_png: Path | Non
         other = report.get("stages_run_beside", {}).get(stage)
         lines.append(f"| {stage}{f' (beside {other}, on the other core)' if other else ''} | {secs:.0f} |")
     lines.append(f"| **total** | **{report['total_wall_s']:.0f}** |")
+    if (m := report.get("machine")):
+        lines += ["", f"Machine: {m['cpu']}, {m['cores']} core(s), torch {m['torch']} ({m['cpu_capability']} CPU "
+                      f"kernels){', GPU ' + m['gpu'] if m.get('gpu') else ''}. On the CPU the scores depend on the "
+                      f"instruction set as well as the seed: another CPU gives other (equally valid) figures."]
     return "\n".join(lines) + "\n"
 
 

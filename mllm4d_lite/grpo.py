@@ -636,7 +636,8 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
     from trl import GRPOConfig
 
     from mllm4d_lite.data import VideoCache, check_videos
-    from mllm4d_lite.model import load_model_and_processor, pick_device, pick_dtype, quiet_progress
+    from mllm4d_lite.model import (follow_thread_share, load_model_and_processor, pick_device, pick_dtype,
+                                   quiet_progress)
     from mllm4d_lite.rewards import get_reward_funcs
 
     device = pick_device(cfg.device)
@@ -706,6 +707,7 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
                           sample_writer=writer, sample_every=cfg.sample_every)
     trainer.add_callback(_make_callback(out_dir, cfg.reward_funcs, cfg.max_steps))
     quiet_progress(trainer)
+    follow_thread_share(trainer)
     return trainer
 
 

@@ -16,6 +16,7 @@ torchcodec), and passed to the processor as arrays with ``do_sample_frames=False
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -591,6 +592,46 @@ def quiet_progress(trainer) -> None:
 
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
+
+
+THREADS_FILE_ENV = "MLLM4D_THREADS_FILE"
+
+
+def thread_share_callback(path: str | Path | None = None):
+    """A ``TrainerCallback`` that, before each step, sets torch's CPU threads to the number written
+    in ``path`` (default: the file ``$MLLM4D_THREADS_FILE`` names); None when neither is given.
+
+    The demo trains on one core while evaluations run on the other, then writes the core count to
+    the file once they are done, so the training takes the free core. Threads change the speed only:
+    a tiny-model run gives the same weights with 1 or 2 threads (README, "Wall time"). A missing,
+    empty or non-numeric file leaves the threads as they are.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    path = path or os.environ.get(THREADS_FILE_ENV)
+    if not path:
+        return None
+    path = Path(path)
+
+    class FollowThreads(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            try:
+                n = int(path.read_text().strip())
+            except (OSError, ValueError):
+                return
+            if n > 0 and n != torch.get_num_threads():
+                log.info("step %d: %d CPU thread(s) from here on (%s)", state.global_step, n, path)
+                torch.set_num_threads(n)
+
+    return FollowThreads()
+
+
+def follow_thread_share(trainer) -> None:
+    """Add :func:`thread_share_callback` to ``trainer`` when ``$MLLM4D_THREADS_FILE`` is set."""
+    callback = thread_share_callback()
+    if callback is not None:
+        trainer.add_callback(callback)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -380,8 +380,8 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
     from transformers.trainer_utils import get_last_checkpoint
 
     from mllm4d_lite import data as D
-    from mllm4d_lite.model import (check_gpu_only_settings, load_model_and_processor, pick_device, pick_dtype,
-                                   quiet_progress, save_adapter)
+    from mllm4d_lite.model import (check_gpu_only_settings, follow_thread_share, load_model_and_processor,
+                                   pick_device, pick_dtype, quiet_progress, save_adapter)
 
     device = pick_device(cfg.device)
     check_gpu_only_settings(device, use_unsloth=cfg.use_unsloth, cpu_recipe="recipes/tiny/sft.yaml (or cold_start.yaml)")
@@ -456,6 +456,7 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
                          train_dataset=dataset, processing_class=processor,
                          callbacks=[make_metrics_callback(metrics_path, collator, device)])
     quiet_progress(trainer)
+    follow_thread_share(trainer)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t0

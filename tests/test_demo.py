@@ -52,6 +52,13 @@ def test_every_stage_wrote_its_outputs(demo_run):
         assert (out / stage / "adapter" / "adapter_config.json").is_file(), stage
     assert (out / "grpo" / "reward_curve.png").is_file()
     assert (out / "report.md").is_file() and (out / "accuracy.png").is_file()
+    if demo._side_by_side(demo.REPO / "recipes/tiny"):  # the trainings got the free core back
+        assert (out / ".threads").read_text() == f"{demo._cores()}\n"
+    machine = json.loads((out / "report.json").read_text())["machine"]  # what the figures depend on
+    import torch
+
+    assert machine["cores"] == demo._cores() and machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert f"Machine: {machine['cpu']}, {machine['cores']} core(s)" in (out / "report.md").read_text()
 
 
 def test_report_numbers_equal_eval_json(demo_run):
@@ -196,6 +203,57 @@ def test_total_wall_counts_a_stage_run_beside_another_once():
     assert _total_wall({**chain, "eval/b": 20.0}, on) == 170
     # a chain stops at a stage it does not name: the 20 s spill of sft is not absorbed by grpo
     assert _total_wall({"sft": 100.0, "sft_blind": 120.0, "grpo": 50.0}, {"sft_blind": "sft"}) == 170
+
+
+def test_beside_gives_the_training_the_free_core_once_its_jobs_are_done(tmp_path):
+    from mllm4d_lite.demo import _Beside, _cores
+
+    threads = tmp_path / ".threads"
+    seen = []
+    with _Beside(True, [lambda: seen.append(threads.read_text()), lambda: seen.append(threads.read_text())], threads):
+        pass
+    assert seen == ["1\n", "1\n"] and threads.read_text() == f"{_cores()}\n"
+    # a failing job still hands the core back, and its error is raised
+    with pytest.raises(RuntimeError, match="job failed"):
+        with _Beside(True, [lambda: (_ for _ in ()).throw(RuntimeError("job failed"))], threads):
+            pass
+    assert threads.read_text() == f"{_cores()}\n"
+    # not side by side: the jobs run after the body, on their own, and no file is written
+    solo = tmp_path / "solo"
+    with _Beside(False, [lambda: seen.append("after")], solo):
+        seen.append("body")
+    assert seen[-2:] == ["body", "after"] and not solo.exists()
+
+
+def test_training_follows_the_thread_file(tmp_path, monkeypatch):
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    from mllm4d_lite.model import THREADS_FILE_ENV, thread_share_callback
+
+    monkeypatch.delenv(THREADS_FILE_ENV, raising=False)
+    assert thread_share_callback() is None
+    threads = tmp_path / ".threads"
+    monkeypatch.setenv(THREADS_FILE_ENV, str(threads))
+    callback = thread_share_callback()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        step = lambda: callback.on_step_begin(None, TrainerState(), TrainerControl())  # noqa: E731
+        step()  # no file yet: unchanged
+        assert torch.get_num_threads() == 1
+        threads.write_text("2\n")
+        step()
+        assert torch.get_num_threads() == 2
+        for bad in ("", "two", "0"):  # unreadable or zero: unchanged
+            threads.write_text(bad)
+            step()
+            assert torch.get_num_threads() == 2
+        threads.write_text("1\n")
+        step()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_category_gaps_only_where_enough_questions():
