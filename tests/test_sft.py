@@ -195,16 +195,20 @@ def test_tiny_recipe_learns_direction_from_the_video_not_the_text(tiny_qwen25, t
     text alone leaves left vs right at 50 %): trained with the video it must answer held-out clips
     far above the blind control trained and scored on blanked frames. Fails if the video stops
     reaching the model, if positions inside a frame become indistinguishable to the LLM (the tiny
-    model's rope_theta) or if the head cannot express a confident letter (its final norm gain)."""
+    model's rope_theta) or if the head cannot express a confident letter (its final norm gain).
+
+    600 steps and 128 held-out clips leave a margin on any CPU: after 400 steps the sighted run had
+    passed 0.8 on one machine but scored 0.72-0.75 on another (AVX2 kernels); after 600 it scores
+    0.91 there (blind 0.50), four standard errors above the bar."""
     from mllm4d_lite.config import load_yaml
 
     train = D.write_toy_direction_set(tmp_path / "train", 96, seed=0, shuffle_choices=True)
-    held = D.write_toy_direction_set(tmp_path / "held", 32, seed=1, shuffle_choices=True)
+    held = D.write_toy_direction_set(tmp_path / "held", 128, seed=1, shuffle_choices=True)
     recipe = load_yaml(Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "sft.yaml")
     acc = {}
     for name, blind in (("sighted", False), ("blind", True)):
         values = dict(recipe, model=str(tiny_qwen25), train_file=str(train), eval_file=str(held),
-                      output_dir=str(tmp_path / name), blind=blind, max_steps=400, logging_steps=100,
+                      output_dir=str(tmp_path / name), blind=blind, max_steps=600, logging_steps=100,
                       save_steps=1000)
         acc[name] = S.train(build_config(S.SFTConfigKit, values))["eval"]["accuracy"]
     assert acc["sighted"] >= 0.8, acc
