@@ -603,7 +603,7 @@ def thread_share_callback(path: str | Path | None = None):
 
     The demo trains on one core while evaluations run on the other, then writes the core count to
     the file once they are done, so the training takes the free core. Threads change the speed only:
-    a tiny-model run gives the same weights with 1 or 2 threads (README, "Wall time"). A missing,
+    a tiny-model run gives the same weights with 1 or 2 threads (README, "The demo"). A missing,
     empty or non-numeric file leaves the threads as they are.
     """
     import torch
