@@ -121,6 +121,14 @@ def build_config(cls: type[T], values: dict[str, Any], source: str = "config") -
     return cfg
 
 
+def yaml_error_text(err: Exception) -> str:
+    """PyYAML's error in one line: `` at line L, column C (problem)``."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    return f"{where} ({problem})"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a recipe YAML (a flat mapping). Errors name the file."""
     path = Path(path)
@@ -129,7 +137,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML{yaml_error_text(err)}; fix the file, or start again from "
+                          "a recipe in recipes/") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
     return data
@@ -190,15 +199,15 @@ def parse_config(
     ns = parser.parse_args(list(argv) if argv is not None else None)
     values: dict[str, Any] = {}
     source = "defaults"
-    if ns.config:
-        values.update(load_yaml(ns.config))
-        # a run's resolved config.yaml (save_resolved) carries provenance under _meta; reusing that
-        # file as a recipe (`--config runs/x/config.yaml`) must work, so _meta is not a setting
-        values.pop("_meta", None)
-        source = ns.config
-    cli = {k: _parse_cli_value(v) for k, v in vars(ns).items() if k != "config"}
-    values.update(cli)
     try:
+        if ns.config:
+            values.update(load_yaml(ns.config))
+            # a run's resolved config.yaml (save_resolved) carries provenance under _meta; reusing
+            # that file as a recipe (`--config runs/x/config.yaml`) must work, so _meta is not a setting
+            values.pop("_meta", None)
+            source = ns.config
+        cli = {k: _parse_cli_value(v) for k, v in vars(ns).items() if k != "config"}
+        values.update(cli)
         cfg = build_config(cls, values, source=f"{source} / command line")
     except ConfigError as err:
         parser.exit(2, f"{prog}: error: {err}\n")

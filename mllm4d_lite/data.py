@@ -84,13 +84,19 @@ def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0
     if path.suffix == ".json":
         if not path.is_file():
             raise DataError(f"{path}: file not found")
-        rows = json.loads(path.read_text())
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err}); re-generate the file, or fix it by hand") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a JSON list of entries (VLM4D format)")
     else:
         rows = read_jsonl(path)
     out = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: record {i + 1} is a {type(row).__name__}, not a JSON object; "
+                            "each record must be an object with 'video', 'question', ... (re-generate the file)")
         row = dict(row)
         row.setdefault("id", f"{path.name}:{i + 1}")
         if "video" not in row:

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mllm4d_lite.config import ConfigError, atomic_write_json, atomic_write_text, parse_config, save_figure, save_resolved
+from mllm4d_lite.config import (ConfigError, atomic_write_json, atomic_write_text, load_yaml, parse_config, save_figure,
+                                save_resolved)
 from mllm4d_lite.model import THREADS_FILE_ENV
 
 log = logging.getLogger(__name__)
@@ -382,10 +383,7 @@ def _side_by_side(recipes: Path) -> bool:
 
 
 def _recipe_value(path: Path, key: str, default: Any) -> Any:
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    return data.get(key, default)
+    return load_yaml(path).get(key, default)
 
 
 # ----------------------------------------------------------------------------------------------

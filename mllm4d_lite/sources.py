@@ -47,6 +47,7 @@ import numpy as np
 import yaml
 
 from mllm4d_lite.clip import Clip, ClipError
+from mllm4d_lite.config import yaml_error_text
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def read_calibration(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ClipError(f"{path}: calibration is not valid YAML/JSON ({err})") from None
+        raise ClipError(f"{path}: calibration is not valid YAML/JSON{yaml_error_text(err)}; fix the "
+                        "calibration file") from None
     if not isinstance(data, dict):
         raise ClipError(f"{path}: calibration must be a mapping with fx, cx, cy, baseline_m; got {type(data).__name__}")
     if "K" in data:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -68,6 +69,24 @@ def test_config_rejects_unknown_and_bad_types(tmp_path):
     recipe.write_text("stepz: 20\n")
     with pytest.raises(SystemExit):
         parse_config(_Cfg, ["--config", str(recipe)], prog="t")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("steps: [20\n", r"r.yaml: not valid YAML at line 2, column 1 \(expected ',' or '\]'"),
+    ("- steps\n- lr\n", "r.yaml: expected a mapping of key: value, got list"),
+    (None, "config file not found: .*r.yaml"),
+])
+def test_a_bad_recipe_file_is_one_error_line_naming_it(tmp_path, capsys, text, message):
+    """Invalid YAML, a recipe that is no mapping, or a missing one: exit 2 with one line naming
+    the file (as for unknown keys), not a traceback."""
+    recipe = tmp_path / "r.yaml"
+    if text is not None:
+        recipe.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        parse_config(_Cfg, ["--config", str(recipe)], prog="t")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("t: error: ") and err.count("\n") == 1 and re.search(message, err)
 
 
 def test_bench_overrides_parse_like_the_command_line():

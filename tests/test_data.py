@@ -176,6 +176,20 @@ def test_bad_jsonl_names_the_line(tmp_path):
         D.load_records(tmp_path / "missing.jsonl")
 
 
+@pytest.mark.parametrize("name, text, message", [
+    ("bench.json", '[{"id": "a", "video": "x.mp4"},', r"bench.json: not valid JSON"),
+    ("bench.json", '["a", "b"]', r"bench.json: record 1 is a str, not a JSON object"),
+    ("rft.jsonl", '{"id": "a", "video": "x.mp4"}\n[1, 2]\n', r"rft.jsonl: record 2 is a list, not a JSON object"),
+])
+def test_malformed_record_files_name_the_file_and_the_fix(tmp_path, name, text, message):
+    """A truncated .json list or a record that is no object is a DataError naming the file (the
+    training commands print it as one line), not a traceback from json or dict()."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(D.DataError, match=message):
+        D.load_records(path)
+
+
 def test_toy_knobs_travel_size_and_background(tmp_path):
     """The learning benchmark's toy knobs: the square slides `travel` of the width over the given background."""
     from mllm4d_lite.video import read_video
