@@ -70,7 +70,7 @@ class GRPOConfigKit:
     adapter_init: str | None = field(default=None, metadata={
         "help": "cold-start adapter folder to continue training (KL reference = a frozen copy of it); "
                 "none = fresh LoRA, reference = base model"})
-    train_file: str = field(default="runs/demo/data/rft.jsonl", metadata={"help": "rft.jsonl (GRPO prompts + solutions)"})
+    train_file: str = field(default="runs/tiny/data/rft.jsonl", metadata={"help": "rft.jsonl (GRPO prompts + solutions)"})
     output_dir: str = field(default="runs/grpo", metadata={"help": "output folder"})
     max_samples: int | None = field(default=None, metadata={"help": "use a seeded subset of this many records"})
     balance_answers: bool = field(default=True, metadata={

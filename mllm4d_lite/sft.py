@@ -41,7 +41,7 @@ class SFTConfigKit:
     model: str = field(default="tiny", metadata={"help": "tiny | tiny-motion | tiny-qwen3-vl | model folder | hub name"})
     adapter_init: str | None = field(default=None, metadata={
         "help": "start from this LoRA adapter folder and keep training it (cold start: the SFT adapter)"})
-    train_file: str = field(default="runs/demo/data/sft.jsonl", metadata={"help": "sft.jsonl or cot.jsonl"})
+    train_file: str = field(default="runs/tiny/data/sft.jsonl", metadata={"help": "sft.jsonl or cot.jsonl"})
     eval_file: str | None = field(default=None, metadata={"help": "bench.json to score after training (optional)"})
     eval_mode: str = field(default="direct", metadata={"help": "prompt for eval_file: direct | st-cot"})
     eval_max_samples: int = field(default=0, metadata={"help": "score at most this many bench entries (0 = all)"})

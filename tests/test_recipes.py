@@ -109,6 +109,27 @@ def test_sft_recipe_fits_its_profile(path):
         assert cfg.train_file.endswith("sft.jsonl") and cfg.adapter_init is None
 
 
+@pytest.mark.parametrize("profile", sorted({p.parent for p in RECIPES if p.name == "grpo.yaml"}), ids=_rel)
+def test_a_profiles_recipes_chain_sft_cold_start_grpo(profile):
+    """Run one after another as their headers say, a profile's recipes hand each stage the one
+    before's adapter, read one data folder (sft / cot / rft .jsonl) and write folders of their own,
+    none of them the demo's (the demo passes its own paths)."""
+    from mllm4d_lite import grpo as G
+    from mllm4d_lite import sft as S
+
+    sft = build_config(S.SFTConfigKit, load_yaml(profile / "sft.yaml"))
+    cold = build_config(S.SFTConfigKit, load_yaml(profile / "cold_start.yaml"))
+    rl = build_config(G.GRPOConfigKit, load_yaml(profile / "grpo.yaml"))
+    assert rl.adapter_init == str(Path(cold.output_dir) / "adapter")
+    assert cold.adapter_init == str(Path(sft.output_dir) / "adapter")
+    folders = {Path(c.train_file).parent for c in (sft, cold, rl)}
+    assert len(folders) == 1 and Path(rl.train_file).name == "rft.jsonl"
+    outs = [Path(c.output_dir) for c in (sft, cold, rl)]
+    assert len(set(outs)) == 3 and folders.isdisjoint(outs)
+    assert not any(Path("runs/demo") in [o, *o.parents] for o in outs), "a recipe run would overwrite the demo"
+    assert rl.model == sft.model == cold.model
+
+
 @pytest.mark.parametrize("path", [p for p in SFT_RECIPES if p.stem == "sft"], ids=_rel)
 def test_sft_recipe_lora_targets_match_the_architecture(path):
     """The recipe's LoRA targets resolve on the real architecture of its model family."""
