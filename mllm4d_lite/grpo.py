@@ -246,9 +246,23 @@ def reward_columns(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_pool(cfg: "GRPOConfigKit") -> list[dict[str, Any]]:
-    """The prompts a run trains on: ``cfg.train_file`` filtered and subset as ``cfg`` says."""
-    return load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories, cfg.balance_answers,
-                            cfg.balance_categories)
+    """The prompts a run trains on: ``cfg.train_file`` filtered and subset as ``cfg`` says.
+
+    With the camera or object reward on, every record must carry a ``solution`` (the true
+    centres, as ``rft.jsonl`` does): scored against none, those rewards would pay for writing
+    no centres. ``sft.jsonl`` / ``cot.jsonl`` or VLM4D-format files have none."""
+    from mllm4d_lite.data import DataError
+
+    records = load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories,
+                               cfg.balance_answers, cfg.balance_categories)
+    centre_rewards = [n for n in cfg.reward_funcs if n in ("camera", "object")]
+    lacking = [r["id"] for r in records if not isinstance(r.get("solution"), dict)]
+    if centre_rewards and lacking:
+        raise DataError(f"{cfg.train_file}: {len(lacking)} of {len(records)} prompts (e.g. {lacking[0]!r}) have no "
+                        f"`solution` with the true camera / object centres, which the {' and '.join(centre_rewards)} "
+                        "reward scores against; train on rft.jsonl from `mllm4d curate` / `mllm4d qa`, or leave "
+                        "those rewards out (reward_funcs: [format, accuracy], reward_weights to match)")
+    return records
 
 
 def load_rft_records(path: str | Path, max_samples: int | None = None, seed: int = 0,

@@ -196,6 +196,25 @@ def test_prompt_pool_takes_each_category_then_each_answer(tmp_path):
     assert grpo.GRPOConfigKit().balance_categories and grpo.GRPOConfigKit().balance_answers
 
 
+def test_centre_rewards_need_the_true_centres(tmp_path):
+    """sft.jsonl-like prompts (no `solution`) with the camera / object rewards on are an error naming
+    the file and the fix: scored against no centres, those rewards would pay for writing none."""
+    from mllm4d_lite.data import DataError
+
+    rows = [{"id": f"q{i}", "video": "v.mp4", "question": "?", "answer": "left", "category": "object_direction"}
+            for i in range(4)]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = grpo.GRPOConfigKit(train_file=str(path), max_samples=0)
+    with pytest.raises(DataError, match=r"sft.jsonl: 4 of 4 prompts .* camera and object reward.*rft.jsonl"):
+        grpo.load_pool(cfg)
+    assert len(grpo.load_pool(dataclasses.replace(cfg, reward_funcs=["format", "accuracy"],
+                                                  reward_weights=[0.25, 0.75]))) == 4
+    path.write_text("".join(json.dumps({**r, "solution": {"camera_center": [], "object_center": []}}) + "\n"
+                            for r in rows))
+    assert [r["id"] for r in grpo.load_pool(cfg)] == ["q0", "q1", "q2", "q3"]
+
+
 @pytest.mark.parametrize("steps, prompts, per_step, same", [
     (60, 24, 2, True),     # 12 steps per fifth x 2 prompts = one pass over 24 prompts
     (60, 12, 2, True),     # two passes per fifth
