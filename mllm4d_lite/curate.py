@@ -152,6 +152,9 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
         t0 = time.perf_counter()
         clip = source.load(load_depth=cfg.score, max_frames=cfg.max_frames or None)
         load_s = time.perf_counter() - t0
+        if clip.num_frames < 2:
+            raise ClipError(f"{clip.num_frames} frame(s); a 4D annotation needs at least 2 (motion over time): "
+                            "export the clip with more frames" + (", or raise --max-frames" if cfg.max_frames else ""))
         if cfg.use_gt:
             from mllm4d_lite import qa
 

@@ -1013,8 +1013,9 @@ class SynthConfig:
 
         if self.num_clips < 1:
             raise ConfigError(f"`num_clips` must be >= 1, got {self.num_clips}")
-        if self.frames < 1:
-            raise ConfigError(f"`frames` must be >= 1, got {self.frames}; use e.g. --frames 16")
+        if self.frames < 2:
+            raise ConfigError(f"`frames` must be >= 2 (a clip shows motion over time), got {self.frames}; "
+                              "use e.g. --frames 16")
         try:
             _parse_size(self.size)
         except ValueError as err:

@@ -90,6 +90,21 @@ def test_bad_clip_is_reported_and_skipped_with_workers(clips_dir, tmp_path, capl
     assert "right.mp4" in text and "clip.json" in text
 
 
+def test_a_one_frame_clip_is_skipped_naming_the_fix(clips_dir, tmp_path, caplog):
+    """A clip of one frame has no motion to annotate: skipped with a reason, the others curated
+    (before, it passed curation and stopped the QA step with a traceback)."""
+    root = tmp_path / "clips"
+    save_clip(synth.generate_clip(225, num_frames=1), root)
+    shutil.copytree(clips_dir / "synth_s00221", root / "synth_s00221")
+    out = tmp_path / "out"
+    with caplog.at_level("ERROR"):
+        rc = curate.main(["--clips", str(root), "--out", str(out), "--bench-fraction", "0"])
+    assert rc == 0
+    assert [p.name for p in (out / "annotations").iterdir()] == ["synth_s00221.json"]
+    assert "synth_s00225: 1 frame(s); a 4D annotation needs at least 2" in caplog.text
+    assert (out / "sft.jsonl").stat().st_size > 0
+
+
 def test_clip_without_masks_has_no_objects_and_says_why(tmp_path):
     clip = synth.generate_clip(224, num_frames=6, camera_motion="right")
     folder = tmp_path / "pair"

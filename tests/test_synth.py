@@ -349,6 +349,7 @@ def test_cli_writes_loadable_clips_and_plot(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--frames", "0"], "frames"),
+    (["--frames", "1"], "`frames` must be >= 2"),
     (["--baseline-m", "-0.2"], "baseline_m"),
     (["--size", "97x64"], "even"),
     (["--directions", "up"], "directions"),
