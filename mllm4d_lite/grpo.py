@@ -732,14 +732,17 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
     from mllm4d_lite.model import save_adapter
 
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     resume_from = None
     if cfg.resume:
         ckpt_dir = out_dir / "checkpoints"
         resume_from = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         if resume_from is None:
-            raise ValueError(f"`resume: true` but {ckpt_dir} holds no checkpoint-*; run without --resume first")
+            from mllm4d_lite.config import ConfigError
+
+            raise ConfigError(f"`resume: true` but {ckpt_dir} holds no checkpoint-*: nothing to resume; run "
+                              "without --resume (or point --output-dir at the interrupted run)")
         log.info("resuming from %s", resume_from)
+    out_dir.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out_dir)
     trainer = build_trainer(cfg)
     t0 = time.perf_counter()

@@ -415,6 +415,25 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
+def warn_if_adapter_base_differs(adapter: str | Path, model: str) -> str | None:
+    """Log (and return) a warning when the LoRA adapter in ``adapter`` was trained on another base
+    than ``model`` (a name or folder): shapes may still match, as between the tiny builds, and the
+    run would go on with weights learnt for another model."""
+    import json
+
+    try:
+        trained_on = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+    if not trained_on or str(trained_on) == model \
+            or Path(str(trained_on)).resolve() == Path(resolve_model_name(model)).resolve():
+        return None
+    message = (f"adapter {adapter} was trained on {trained_on} but the model is {model}; LoRA shapes may still "
+               "match, but its weights were learnt for another base (pass the model it was trained on)")
+    log.warning("%s", message)
+    return message
+
+
 # ----------------------------------------------------------------------------------------------
 # Devices and loading
 # ----------------------------------------------------------------------------------------------
@@ -556,6 +575,7 @@ def load_model_and_processor(model: str, adapter: str | None = None, device: str
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ModelSetupError(f"{adapter}: no adapter_config.json; pass the folder an `mllm4d sft`/`grpo` run "
                                   "wrote its adapter to (e.g. runs/demo/sft/adapter)")
+        warn_if_adapter_base_differs(adapter, model)
         net = PeftModel.from_pretrained(net, adapter, is_trainable=trainable_adapter)
     if not trainable_adapter:
         net.eval()

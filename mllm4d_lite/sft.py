@@ -184,14 +184,9 @@ def attach_lora(model, cfg: SFTConfigKit):
                               "adapter/ folder an `mllm4d sft` run wrote (e.g. runs/tiny/sft/adapter)")
         log.info("continuing from adapter %s (its LoRA r/alpha/targets apply; lora_* settings ignored)",
                  cfg.adapter_init)
-        from mllm4d_lite.model import resolve_model_name
+        from mllm4d_lite.model import warn_if_adapter_base_differs
 
-        trained_on = json.loads((Path(cfg.adapter_init) / "adapter_config.json").read_text()).get(
-            "base_model_name_or_path")
-        if trained_on and Path(str(trained_on)).resolve() != Path(resolve_model_name(cfg.model)).resolve() \
-                and str(trained_on) != cfg.model:
-            log.warning("adapter_init %s was trained on %s but `model` is %s; LoRA shapes may still match, "
-                        "but the weights were learnt for another base", cfg.adapter_init, trained_on, cfg.model)
+        warn_if_adapter_base_differs(cfg.adapter_init, cfg.model)
         return PeftModel.from_pretrained(model, cfg.adapter_init, is_trainable=True)
     targets = resolve_lora_targets(model, cfg.lora_target_modules, cfg.train_merger)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -346,6 +346,14 @@ def _adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
+def test_resume_without_a_checkpoint_is_one_error_line(tmp_path, capsys):
+    out = tmp_path / "grpo"
+    assert grpo.main(["--output-dir", str(out), "--resume", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mllm4d grpo: error: `resume: true` but") and "holds no checkpoint" in err
+    assert not out.exists(), "a refused run leaves no folder behind"
+
+
 def test_tiny_grpo_run_updates_lora_logs_every_component_and_resumes(grpo_data, tiny_qwen25, cold_start_adapter,
                                                                      tmp_path):
     out = tmp_path / "grpo"

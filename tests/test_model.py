@@ -196,3 +196,23 @@ def test_two_processes_building_the_same_tiny_model_both_succeed(tmp_path):
     built = Path(folders.pop())
     assert (built / "config.json").is_file() and (built / "TINY_MODEL.txt").is_file()
     assert [p.name for p in tmp_path.iterdir()] == [built.name]  # no temporary folder left behind
+
+
+def test_an_adapter_for_another_base_is_named_in_a_warning(tmp_path, caplog):
+    """Loading an adapter onto a model it was not trained on warns, naming both (the tiny builds
+    share LoRA shapes, so peft itself would load it without a word)."""
+    import json
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    motion = M.tiny_model_dir("qwen2.5-vl", vision="motion")
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(motion)}))
+    with caplog.at_level("WARNING", logger="mllm4d_lite.model"):
+        assert M.warn_if_adapter_base_differs(adapter, "tiny-motion") is None
+        assert M.warn_if_adapter_base_differs(adapter, str(motion)) is None
+        message = M.warn_if_adapter_base_differs(adapter, "tiny")
+    assert message and f"was trained on {motion} but the model is tiny" in message
+    assert message in caplog.text
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct"}))
+    assert M.warn_if_adapter_base_differs(adapter, "Qwen/Qwen2.5-VL-3B-Instruct") is None
+    assert "Qwen/Qwen3-VL-4B-Instruct" in M.warn_if_adapter_base_differs(adapter, "Qwen/Qwen3-VL-4B-Instruct")
