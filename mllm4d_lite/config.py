@@ -117,7 +117,12 @@ def build_config(cls: type[T], values: dict[str, Any], source: str = "config") -
     cfg = cls(**kwargs)
     validate = getattr(cfg, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as err:  # a stage's own check: the same one-line error on the command line
+            raise ConfigError(str(err)) from None
     return cfg
 
 

@@ -180,6 +180,9 @@ class GRPOConfigKit:
             raise ValueError(f"`vllm_mode: {self.vllm_mode}`: use colocate or server")
         if self.num_frames < 2:
             raise ValueError(f"`num_frames: {self.num_frames}`: use >= 2 (the temporal patch is 2 frames)")
+        if self.max_completion_length < 1:
+            raise ValueError(f"`max_completion_length: {self.max_completion_length}` must be >= 1 (the reply budget "
+                             "in tokens; the tiny recipe uses 256)")
         if self.max_steps == 0 or self.sample_every < 1 or self.logging_steps < 1:
             raise ValueError("`max_steps` must be -1 or > 0; `sample_every` and `logging_steps` >= 1")
 

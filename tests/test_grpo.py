@@ -131,10 +131,24 @@ def test_recipes_exist_for_each_profile():
     ({"top_p": 0.0}, "must be in \\(0, 1\\]"),
     ({"top_k": -1}, "`top_k: -1` >= 0"),
     ({"min_p": 1.0}, "`min_p: 1.0` must be in \\[0, 1\\)"),
+    ({"max_completion_length": 0}, "`max_completion_length: 0` must be >= 1"),
 ])
 def test_bad_config_values_are_refused(bad, message):
-    with pytest.raises((ValueError, ConfigError), match=message):
+    with pytest.raises(ConfigError, match=message):
         build_config(grpo.GRPOConfigKit, bad)
+
+
+def test_a_bad_value_on_the_command_line_is_one_error_line(tmp_path, capsys):
+    """The stage's own checks (validate) reach the user as parse errors do: exit 2, one line, no
+    traceback, nothing written."""
+    out = tmp_path / "grpo"
+    with pytest.raises(SystemExit) as stop:
+        grpo.main(["--output-dir", str(out), "--num-generations", "3"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("mllm4d grpo: error: `per_device_train_batch_size: 8` must be a multiple of "
+                   "`num_generations: 3`\n")
+    assert not out.exists()
 
 
 def test_vllm_on_cpu_is_a_clear_error():
