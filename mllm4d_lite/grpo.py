@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mllm4d_lite import prompts
-from mllm4d_lite.config import atomic_write_json, parse_config, save_figure, save_resolved
+from mllm4d_lite.config import ConfigError, atomic_write_json, parse_config, save_figure, save_resolved
 
 log = logging.getLogger(__name__)
 
@@ -249,31 +249,22 @@ def reward_columns(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_pool(cfg: "GRPOConfigKit") -> list[dict[str, Any]]:
-    """The prompts a run trains on: ``cfg.train_file`` filtered and subset as ``cfg`` says.
-
-    With the camera or object reward on, every record must carry a ``solution`` (the true
-    centres, as ``rft.jsonl`` does): scored against none, those rewards would pay for writing
-    no centres. ``sft.jsonl`` / ``cot.jsonl`` or VLM4D-format files have none."""
-    from mllm4d_lite.data import DataError
-
-    records = load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories,
-                               cfg.balance_answers, cfg.balance_categories)
-    centre_rewards = [n for n in cfg.reward_funcs if n in ("camera", "object")]
-    lacking = [r["id"] for r in records if not isinstance(r.get("solution"), dict)]
-    if centre_rewards and lacking:
-        raise DataError(f"{cfg.train_file}: {len(lacking)} of {len(records)} prompts (e.g. {lacking[0]!r}) have no "
-                        f"`solution` with the true camera / object centres, which the {' and '.join(centre_rewards)} "
-                        "reward scores against; train on rft.jsonl from `mllm4d curate` / `mllm4d qa`, or leave "
-                        "those rewards out (reward_funcs: [format, accuracy], reward_weights to match)")
-    return records
+    """The prompts a run trains on: ``cfg.train_file`` filtered and subset as ``cfg`` says."""
+    return load_rft_records(cfg.train_file, cfg.max_samples, cfg.seed, cfg.train_categories, cfg.balance_answers,
+                            cfg.balance_categories,
+                            centre_rewards=[n for n in cfg.reward_funcs if n in ("camera", "object")])
 
 
 def load_rft_records(path: str | Path, max_samples: int | None = None, seed: int = 0,
                      categories: Sequence[str] | None = None, balance_answers: bool = True,
-                     balance_categories: bool = True) -> list[dict[str, Any]]:
+                     balance_categories: bool = True, centre_rewards: Sequence[str] = ()) -> list[dict[str, Any]]:
     """``rft.jsonl`` records (``video_path`` resolved) checked for the fields GRPO's rewards need;
     a ``max_samples`` subset takes each category in turn when ``balance_categories``, and within
-    that each right answer in turn when ``balance_answers``."""
+    that each right answer in turn when ``balance_answers``.
+
+    With ``centre_rewards`` (the camera / object rewards that are on), every record must carry a
+    ``solution`` (the true centres, as ``rft.jsonl`` does): scored against none, those rewards
+    would pay for writing no centres. ``sft.jsonl`` / ``cot.jsonl`` or VLM4D-format files have none."""
     from mllm4d_lite.data import DataError, load_records
 
     records = load_records(path, max_samples=max_samples, seed=seed, categories=categories,
@@ -286,6 +277,12 @@ def load_rft_records(path: str | Path, max_samples: int | None = None, seed: int
         if missing:
             raise DataError(f"{path}: record {rec['id']!r} lacks {missing}; GRPO needs rft.jsonl records "
                             "(question, answer, solution) from `mllm4d curate`")
+    lacking = [r["id"] for r in records if not isinstance(r.get("solution"), dict)]
+    if centre_rewards and lacking:
+        raise DataError(f"{path}: {len(lacking)} of {len(records)} prompts (e.g. {lacking[0]!r}) have no "
+                        f"`solution` with the true camera / object centres, which the {' and '.join(centre_rewards)} "
+                        "reward scores against; train on rft.jsonl from `mllm4d curate` / `mllm4d qa`, or leave "
+                        "those rewards out (reward_funcs: [format, accuracy], reward_weights to match)")
     return records
 
 
@@ -740,8 +737,6 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
         ckpt_dir = out_dir / "checkpoints"
         resume_from = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         if resume_from is None:
-            from mllm4d_lite.config import ConfigError
-
             raise ConfigError(f"`resume: true` but {ckpt_dir} holds no checkpoint-*: nothing to resume; run "
                               "without --resume (or point --output-dir at the interrupted run)")
         log.info("resuming from %s", resume_from)
@@ -788,7 +783,6 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(GRPOConfigKit, argv, prog="mllm4d grpo",
                        description="GRPO with the ST-CoT prompt and the ST-reward (TRL GRPOTrainer, LoRA).")
-    from mllm4d_lite.config import ConfigError
     from mllm4d_lite.data import DataError
     from mllm4d_lite.model import ModelSetupError
 
