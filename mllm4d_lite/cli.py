@@ -14,13 +14,13 @@ import sys
 
 # stage name -> (module, one-line description)
 STAGES: dict[str, tuple[str, str]] = {
-    "synth": ("mllm4d_lite.synth", "render synthetic stereo clips with exact 4D ground truth"),
-    "curate": ("mllm4d_lite.curate", "stereo clips -> 4D annotations -> SFT / CoT / RFT / bench QA data"),
-    "qa": ("mllm4d_lite.qa", "4D annotations (or ground truth) -> SFT / CoT / RFT / bench QA data, est-vs-gt score"),
-    "sft": ("mllm4d_lite.sft", "supervised fine-tuning (SFT and ST-CoT cold start) with (Q)LoRA"),
-    "grpo": ("mllm4d_lite.grpo", "GRPO reinforcement fine-tuning with the ST-CoT prompt and ST-reward"),
-    "eval": ("mllm4d_lite.evaluate", "evaluate on VLM4D-format benchmarks / score prediction files"),
-    "demo": ("mllm4d_lite.demo", "run every stage end to end on a profile (tiny by default)"),
+    "synth": ("mllm4d_lite.curation.synth", "render synthetic stereo clips with exact 4D ground truth"),
+    "curate": ("mllm4d_lite.curation.curate", "stereo clips -> 4D annotations -> SFT / CoT / RFT / bench QA data"),
+    "qa": ("mllm4d_lite.qa.dataset", "4D annotations (or ground truth) -> SFT / CoT / RFT / bench QA data, est-vs-gt score"),
+    "sft": ("mllm4d_lite.train.sft", "supervised fine-tuning (SFT and ST-CoT cold start) with (Q)LoRA"),
+    "grpo": ("mllm4d_lite.train.grpo", "GRPO reinforcement fine-tuning with the ST-CoT prompt and ST-reward"),
+    "eval": ("mllm4d_lite.eval.evaluate", "evaluate on VLM4D-format benchmarks / score prediction files"),
+    "demo": ("mllm4d_lite.demo.run", "run every stage end to end on a profile (tiny by default)"),
 }
 
 USAGE = "usage: mllm4d [-h] {" + ",".join(STAGES) + "} ...\n"

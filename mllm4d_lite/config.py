@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import yaml
+
+from mllm4d_lite.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -247,18 +248,8 @@ def save_resolved(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> P
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a crash leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
-def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
-    """JSON through :func:`atomic_write_text`."""
-    atomic_write_text(path, json.dumps(obj, indent=indent))
 
 
 def merge_config_classes(name: str, *classes: type) -> type:
@@ -285,16 +276,3 @@ def split_config(merged: Any, cls: type[T]) -> T:
     """Pull the fields of ``cls`` out of a merged config instance (validated again)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return build_config(cls, {k: v for k, v in dataclasses.asdict(merged).items() if k in names}, cls.__name__)
-
-
-def save_figure(fig: Any, path: str | Path, dpi: int | None = None) -> Path:
-    """Save a matplotlib figure to ``path`` through a temporary file, then close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, **({} if dpi is None else {"dpi": dpi}))
-    plt.close(fig)
-    tmp.replace(path)
-    return path

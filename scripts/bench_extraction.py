@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-from mllm4d_lite.answers import answer_letters, entry_answer, explain_choice
+from mllm4d_lite.eval.answers import answer_letters, entry_answer, explain_choice
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vlm4d"
 

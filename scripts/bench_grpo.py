@@ -68,7 +68,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from mllm4d_lite import grpo
+    from mllm4d_lite.train import grpo
     from mllm4d_lite.config import build_config, load_yaml, parse_overrides
 
     demo = Path(args.demo)
@@ -90,9 +90,9 @@ def main() -> int:
 
     pool_reward: dict = {}
     if args.start_samples > 0:  # the pool and its frames are read once, for before and after
-        import torch  # noqa: F401  (before the first decode, see mllm4d_lite/video.py)
+        import torch  # noqa: F401  (before the first decode, see mllm4d_lite/curation/video.py)
 
-        from mllm4d_lite.data import VideoCache, check_videos
+        from mllm4d_lite.train.data import VideoCache, check_videos
 
         pool_cache = VideoCache(cfg.num_frames)
         pool_records, _ = check_videos(grpo.load_pool(cfg), pool_cache)
@@ -120,9 +120,9 @@ def main() -> int:
         result["pool_reward_sampled"] = {"replies_per_prompt": args.start_samples, **pool_reward}
 
     if args.eval_samples:
-        from mllm4d_lite.data import VideoCache, check_videos, load_records
-        from mllm4d_lite.model import load_model_and_processor
-        from mllm4d_lite.sft import quick_eval
+        from mllm4d_lite.train.data import VideoCache, check_videos, load_records
+        from mllm4d_lite.train.model import load_model_and_processor
+        from mllm4d_lite.train.sft import quick_eval
 
         entries = load_records(bench, None if args.eval_samples < 0 else args.eval_samples, seed=0)
         cache = VideoCache(cfg.num_frames)
@@ -168,9 +168,9 @@ def sampled_pool_reward(cfg, adapter: Path, records: list, cache, replies: int) 
     min-p, length), from ``adapter``: the pool's reward outside the run, before and after, per category."""
     import torch
 
-    from mllm4d_lite import grpo
-    from mllm4d_lite.model import load_model_and_processor, video_kwargs
-    from mllm4d_lite.rewards import get_reward_funcs
+    from mllm4d_lite.train import grpo
+    from mllm4d_lite.train.model import load_model_and_processor, video_kwargs
+    from mllm4d_lite.train.rewards import get_reward_funcs
 
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)

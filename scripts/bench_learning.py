@@ -199,11 +199,11 @@ def run(cmd: list[str]) -> None:
 
 def synth_clips(out: Path, num_clips: int, seed: int, size: str, **options) -> None:
     """Render ``num_clips`` synthetic clips (16 frames, 8 fps) with the synth module's own API;
-    ``options`` are :class:`mllm4d_lite.synth.SceneOptions` fields (None = the generator's default)."""
+    ``options`` are :class:`mllm4d_lite.curation.synth.SceneOptions` fields (None = the generator's default)."""
     from tqdm import tqdm
 
-    from mllm4d_lite.clip import save_clip
-    from mllm4d_lite.synth import generate_clip
+    from mllm4d_lite.curation.clip import save_clip
+    from mllm4d_lite.curation.synth import generate_clip
 
     width, height = (int(v) for v in size.split("x"))
     options = {k: v for k, v in options.items() if v is not None}
@@ -231,7 +231,7 @@ def by_answer(eval_json: Path, bench: list[dict]) -> dict[str, dict]:
 
 
 def _range(text: str | None) -> tuple[float, float] | None:
-    from mllm4d_lite.synth import parse_range
+    from mllm4d_lite.curation.synth import parse_range
 
     if text is None:
         return None
@@ -264,16 +264,16 @@ def bench_overrides(items: list[str], reserved) -> dict:
 
 def run_toy(args, out: Path) -> int:
     """SFT vs blind on the toy set: a bright square slides left or right (4 shuffled options)."""
-    from mllm4d_lite import sft as S
+    from mllm4d_lite.train import sft as S
     from mllm4d_lite.config import build_config, load_yaml
-    from mllm4d_lite.data import write_toy_direction_set
+    from mllm4d_lite.train.data import write_toy_direction_set
 
     width, height = (int(v) for v in args.toy_size.split("x"))
     backgrounds = None
     if args.toy_background == "synth":  # first frames of synthetic clips: a cluttered, structured scene
-        import torch  # noqa: F401  -- before the first decode (see mllm4d_lite.video: import order)
+        import torch  # noqa: F401  -- before the first decode (see mllm4d_lite.curation.video: import order)
 
-        from mllm4d_lite.video import read_video
+        from mllm4d_lite.curation.video import read_video
 
         clips = (REPO / args.clips).resolve()
         if not any(clips.glob("*/left.mp4")):
@@ -329,7 +329,7 @@ def apply_preset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> a
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mllm4d_lite.qa import OPTION_ORDERS
+    from mllm4d_lite.qa.dataset import OPTION_ORDERS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -389,7 +389,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
-    from mllm4d_lite import sft as S
+    from mllm4d_lite.train import sft as S
     from mllm4d_lite.config import build_config, load_yaml
 
     out = (REPO / args.out).resolve()

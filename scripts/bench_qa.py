@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mllm4d_lite import qa
+from mllm4d_lite.qa import dataset as qa
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ import time  # noqa: E402
 
 import cv2  # noqa: E402
 
-from mllm4d_lite.clip import save_clip  # noqa: E402
-from mllm4d_lite.synth import SceneOptions, build_scene, generate_clip, render_scene  # noqa: E402
+from mllm4d_lite.curation.clip import save_clip  # noqa: E402
+from mllm4d_lite.curation.synth import SceneOptions, build_scene, generate_clip, render_scene  # noqa: E402
 
 
 def main() -> None:

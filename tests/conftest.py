@@ -41,14 +41,14 @@ def tiny_model_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen25(tiny_model_root) -> Path:
-    from mllm4d_lite.model import build_tiny_model
+    from mllm4d_lite.train.model import build_tiny_model
 
     return build_tiny_model(tiny_model_root / "qwen2.5-vl", family="qwen2.5-vl", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3(tiny_model_root) -> Path:
-    from mllm4d_lite.model import build_tiny_model
+    from mllm4d_lite.train.model import build_tiny_model
 
     return build_tiny_model(tiny_model_root / "qwen3-vl", family="qwen3-vl", seed=0)
 
@@ -58,7 +58,7 @@ def random_video(tmp_path_factory) -> Path:
     """A 16-frame 160x120 video of smooth random texture (8 fps)."""
     import cv2
 
-    from mllm4d_lite.video import write_video
+    from mllm4d_lite.curation.video import write_video
 
     rng = np.random.default_rng(0)
     base = cv2.GaussianBlur((rng.random((120, 200, 3)) * 255).astype(np.uint8), (5, 5), 1.5)

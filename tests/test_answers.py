@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mllm4d_lite.answers import (
+from mllm4d_lite.eval.answers import (
     MRA_THRESHOLDS,
     answer_letter,
     answer_letters,

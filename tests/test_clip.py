@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mllm4d_lite.clip import Clip, ClipError, load_clip, save_clip
-from mllm4d_lite.synth import generate_clip
-from mllm4d_lite.video import write_video
+from mllm4d_lite.curation.clip import Clip, ClipError, load_clip, save_clip
+from mllm4d_lite.curation.synth import generate_clip
+from mllm4d_lite.curation.video import write_video
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from mllm4d_lite import curate, synth
-from mllm4d_lite.clip import save_clip
-from mllm4d_lite.sources import save_calibration
+from mllm4d_lite.curation import curate, synth
+from mllm4d_lite.curation.clip import save_clip
+from mllm4d_lite.curation.sources import save_calibration
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def scored_run(clips_dir, tmp_path_factory):
 def test_annotations_follow_the_schema(scored_run):
     rc, out = scored_run
     assert rc == 0
-    qa = pytest.importorskip("mllm4d_lite.qa")
+    qa = pytest.importorskip("mllm4d_lite.qa.dataset")
     files = sorted((out / "annotations").glob("*.json"))
     assert [f.stem for f in files] == ["synth_s00221", "synth_s00222", "synth_s00223"]
     for f in files:
@@ -150,7 +150,7 @@ def test_errors_and_help(tmp_path, capsys):
 
 
 def test_side_by_side_video_end_to_end(tmp_path):
-    from mllm4d_lite.video import write_video
+    from mllm4d_lite.curation.video import write_video
 
     clip = synth.generate_clip(225, num_frames=8, camera_motion="forward")
     write_video(tmp_path / "drive.mp4", np.concatenate([clip.left, clip.right], axis=2), clip.fps, crf=16)

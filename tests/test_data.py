@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mllm4d_lite import data as D
+from mllm4d_lite.train import data as D
 from mllm4d_lite import prompts
-from mllm4d_lite.model import build_messages, load_processor
+from mllm4d_lite.train.model import build_messages, load_processor
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_bad_videos_are_reported_by_id_and_skipped(toy, tmp_path, caplog):
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
     bad = [dict(records[0], id="rec-missing", video_path=str(tmp_path / "nope.mp4")),
            dict(records[1], id="rec-broken", video_path=str(broken))]
-    with caplog.at_level(logging.WARNING, logger="mllm4d_lite.data"):
+    with caplog.at_level(logging.WARNING, logger="mllm4d_lite.train.data"):
         kept, skipped = D.check_videos(records + bad, D.VideoCache(num_frames=8))
     assert [r["id"] for r in kept] == [r["id"] for r in records]
     assert skipped == ["rec-missing", "rec-broken"]
@@ -192,7 +192,7 @@ def test_malformed_record_files_name_the_file_and_the_fix(tmp_path, name, text, 
 
 def test_toy_knobs_travel_size_and_background(tmp_path):
     """The learning benchmark's toy knobs: the square slides `travel` of the width over the given background."""
-    from mllm4d_lite.video import read_video
+    from mllm4d_lite.curation.video import read_video
 
     yy, xx = np.mgrid[0:120, 0:160]
     # a smooth gradient (survives video compression), never as red as the square

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mllm4d_lite import demo
+from mllm4d_lite.demo import run as demo
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,7 +114,7 @@ def test_grpo_reward_line_says_whether_the_fifths_compare_the_same_prompts(summa
 
 
 def test_gap_standard_error_is_the_binomial_one():
-    from mllm4d_lite.demo import _gap
+    from mllm4d_lite.demo.run import _gap
 
     g = _gap({"key": "sft", "accuracy": 60.0, "n": 100}, {"key": "blind", "accuracy": 40.0, "n": 100})
     assert g["diff_points"] == 20.0
@@ -141,7 +141,7 @@ def test_second_run_skips_finished_stages(demo_run):
 
 
 def test_a_stage_finished_under_other_inputs_is_redone(tmp_path):
-    from mllm4d_lite.demo import _run_stage
+    from mllm4d_lite.demo.run import _run_stage
 
     calls = []
 
@@ -165,7 +165,7 @@ def test_a_stage_finished_under_other_inputs_is_redone(tmp_path):
 def test_inputs_fingerprint_follows_recipes_and_options(tmp_path):
     import shutil
 
-    from mllm4d_lite.demo import DemoConfig, _inputs_fingerprint
+    from mllm4d_lite.demo.run import DemoConfig, _inputs_fingerprint
 
     recipes = tmp_path / "tiny"
     shutil.copytree(REPO / "recipes" / "tiny", recipes)
@@ -184,7 +184,7 @@ def test_bad_profile_is_a_clear_error(capsys):
 
 
 def test_total_wall_counts_a_stage_run_beside_another_once():
-    from mllm4d_lite.demo import _total_wall
+    from mllm4d_lite.demo.run import _total_wall
 
     times = {"curate": 10.0, "sft": 100.0, "sft_blind": 120.0, "grpo": 50.0}
     assert _total_wall(times, {"sft_blind": "sft"}) == 10 + 100 + 20 + 50
@@ -206,7 +206,7 @@ def test_total_wall_counts_a_stage_run_beside_another_once():
 
 
 def test_beside_gives_the_training_the_free_core_once_its_jobs_are_done(tmp_path):
-    from mllm4d_lite.demo import _Beside, _cores
+    from mllm4d_lite.demo.run import _Beside, _cores
 
     threads = tmp_path / ".threads"
     seen = []
@@ -229,7 +229,7 @@ def test_training_follows_the_thread_file(tmp_path, monkeypatch):
     import torch
     from transformers import TrainerControl, TrainerState
 
-    from mllm4d_lite.model import THREADS_FILE_ENV, thread_share_callback
+    from mllm4d_lite.train.model import THREADS_FILE_ENV, thread_share_callback
 
     monkeypatch.delenv(THREADS_FILE_ENV, raising=False)
     assert thread_share_callback() is None
@@ -257,7 +257,7 @@ def test_training_follows_the_thread_file(tmp_path, monkeypatch):
 
 
 def test_category_gaps_only_where_enough_questions():
-    from mllm4d_lite.demo import _category_gaps
+    from mllm4d_lite.demo.run import _category_gaps
 
     rows = {"sft": {"categories": {"dir": 60.0, "count": 80.0}, "category_n": {"dir": 50, "count": 4}},
             "blind": {"categories": {"dir": 40.0, "count": 50.0}, "category_n": {"dir": 50, "count": 4}}}

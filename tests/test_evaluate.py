@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mllm4d_lite.answers import score_response
-from mllm4d_lite.evaluate import BenchError, check_entries, load_entries, main, resolve_video, scored
-from mllm4d_lite.report import build_report, category_table, report_markdown, write_report
+from mllm4d_lite.eval.answers import score_response
+from mllm4d_lite.eval.evaluate import BenchError, check_entries, load_entries, main, resolve_video, scored
+from mllm4d_lite.eval.report import build_report, category_table, report_markdown, write_report
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 RELEASE = SHARED / "mllm4d_release_outputs"

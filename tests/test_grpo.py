@@ -21,7 +21,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from mllm4d_lite import grpo, prompts  # noqa: E402
+from mllm4d_lite.train import grpo
+
+from mllm4d_lite import prompts
 from mllm4d_lite.config import ConfigError, build_config, parse_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +43,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def grpo_data(tmp_path_factory, random_video) -> Path:
     """rft.jsonl + cot.jsonl: 4 questions on two different clips (absolute video paths)."""
-    from mllm4d_lite.video import write_video
+    from mllm4d_lite.curation.video import write_video
 
     root = tmp_path_factory.mktemp("grpo_data")
     rng = np.random.default_rng(1)
@@ -72,7 +74,7 @@ def grpo_data(tmp_path_factory, random_video) -> Path:
 @pytest.fixture(scope="module")
 def cold_start_adapter(grpo_data, tiny_qwen25, tmp_path_factory) -> Path:
     """A short ST-CoT cold start (the real `mllm4d sft` code path) so completions vary in reward."""
-    from mllm4d_lite.sft import SFTConfigKit, train
+    from mllm4d_lite.train.sft import SFTConfigKit, train
 
     out = tmp_path_factory.mktemp("cold_start")
     cfg = SFTConfigKit(model=str(tiny_qwen25), train_file=str(grpo_data / "cot.jsonl"), output_dir=str(out),
@@ -152,7 +154,7 @@ def test_a_bad_value_on_the_command_line_is_one_error_line(tmp_path, capsys):
 
 
 def test_vllm_on_cpu_is_a_clear_error():
-    from mllm4d_lite.model import ModelSetupError
+    from mllm4d_lite.train.model import ModelSetupError
 
     with pytest.raises(ModelSetupError, match="use_vllm: true"):
         grpo._check_setup(grpo.GRPOConfigKit(use_vllm=True), "cpu")
@@ -213,7 +215,7 @@ def test_prompt_pool_takes_each_category_then_each_answer(tmp_path):
 def test_centre_rewards_need_the_true_centres(tmp_path):
     """sft.jsonl-like prompts (no `solution`) with the camera / object rewards on are an error naming
     the file and the fix: scored against no centres, those rewards would pay for writing none."""
-    from mllm4d_lite.data import DataError
+    from mllm4d_lite.train.data import DataError
 
     rows = [{"id": f"q{i}", "video": "v.mp4", "question": "?", "answer": "left", "category": "object_direction"}
             for i in range(4)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mllm4d_lite import model as M
+from mllm4d_lite.train import model as M
 
 
 @pytest.fixture(params=["qwen2.5-vl", "qwen3-vl"])
@@ -184,7 +184,7 @@ def test_two_processes_building_the_same_tiny_model_both_succeed(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from mllm4d_lite.model import tiny_model_dir; "
+    code = ("import sys; from mllm4d_lite.train.model import tiny_model_dir; "
             "print(tiny_model_dir('qwen2.5-vl', root=sys.argv[1], vision='motion'))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -207,7 +207,7 @@ def test_an_adapter_for_another_base_is_named_in_a_warning(tmp_path, caplog):
     adapter.mkdir()
     motion = M.tiny_model_dir("qwen2.5-vl", vision="motion")
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(motion)}))
-    with caplog.at_level("WARNING", logger="mllm4d_lite.model"):
+    with caplog.at_level("WARNING", logger="mllm4d_lite.train.model"):
         assert M.warn_if_adapter_base_differs(adapter, "tiny-motion") is None
         assert M.warn_if_adapter_base_differs(adapter, str(motion)) is None
         message = M.warn_if_adapter_base_differs(adapter, "tiny")

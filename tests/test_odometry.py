@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mllm4d_lite import odometry, stereo, synth
-from mllm4d_lite.curate import trajectory_ate
+from mllm4d_lite.curation import odometry, stereo, synth
+from mllm4d_lite.curation.curate import trajectory_ate
 
 MOTIONS = {"static": 201, "forward": 202, "right": 203, "pan_left": 204, "forward_pan_left": 205}
 

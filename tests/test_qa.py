@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mllm4d_lite import prompts, qa
+from mllm4d_lite import prompts
+
+from mllm4d_lite.qa import dataset as qa
 from mllm4d_lite.config import ConfigError
-from mllm4d_lite.qa import QAConfig
+from mllm4d_lite.qa.dataset import QAConfig
 
 N = 16
 FPS = 8.0
@@ -448,7 +450,7 @@ def test_annotation_from_gt_masks_invisible(tmp_path):
     np.testing.assert_allclose(got["objects"][0]["centers"][4:], ann["objects"][0]["centers"][4:])
     np.testing.assert_allclose(got["camera_centers"], ann["camera_centers"])
     assert got["clip_dir"] == str(d)
-    from mllm4d_lite.clip import Clip
+    from mllm4d_lite.curation.clip import Clip
 
     gt = json.loads((d / "gt.json").read_text())
     frames = np.zeros((N, 4, 4, 3), np.uint8)
@@ -516,7 +518,7 @@ def test_answer_share_cap():
 
 def test_cot_targets_score_full_reward(tmp_path):
     """The ST-CoT targets earn every ST-reward term in full against their own RFT records."""
-    rewards = pytest.importorskip("mllm4d_lite.rewards")
+    rewards = pytest.importorskip("mllm4d_lite.train.rewards")
     rng = random.Random(3)
     qa.build_datasets([random_scene(i, rng) for i in range(8)], tmp_path, QAConfig(bench_fraction=0.0))
     cot = [json.loads(l) for l in (tmp_path / "cot.jsonl").read_text().splitlines()]
@@ -527,7 +529,7 @@ def test_cot_targets_score_full_reward(tmp_path):
         scores = rewards.REWARD_FUNCS[name]([r["response"] for r in cot], **cols)
         assert min(scores) == 1.0, name
     # and the evaluator's extraction reads both kinds of targets as right, a wrong letter as wrong
-    answers = pytest.importorskip("mllm4d_lite.answers")
+    answers = pytest.importorskip("mllm4d_lite.eval.answers")
     sft = [json.loads(l) for l in (tmp_path / "sft.jsonl").read_text().splitlines()]
     assert all(answers.score_response(r, r["response"])[0] == 1.0 for r in cot + sft)
     assert all(answers.score_response(r, "B" if r["answer_letter"] == "A" else "A")[0] == 0.0
@@ -536,7 +538,7 @@ def test_cot_targets_score_full_reward(tmp_path):
 
 def test_synthetic_clips_agree_with_generator_motions():
     """Questions from the synthetic generator's ground truth agree with the motion it was told to make."""
-    synth = pytest.importorskip("mllm4d_lite.synth")
+    synth = pytest.importorskip("mllm4d_lite.curation.synth")
     expect_dir = {"static": "not moving", "forward": "forward", "backward": "backward", "left": "to the left",
                   "right": "to the right", "pan_left": "not moving", "forward_pan_right": "forward"}
     expect_turn = {"static": "not turning", "forward": "not turning", "pan_left": "turning left",

@@ -1,7 +1,7 @@
 """Every YAML under recipes/ loads and validates against its stage's config dataclass.
 
-The stage comes from the file name: ``sft.yaml`` / ``cold_start.yaml`` -> ``mllm4d_lite.sft.SFTConfigKit``,
-``grpo.yaml`` -> ``mllm4d_lite.grpo.GRPOConfigKit`` (skipped while that module does not exist);
+The stage comes from the file name: ``sft.yaml`` / ``cold_start.yaml`` -> ``mllm4d_lite.train.sft.SFTConfigKit``,
+``grpo.yaml`` -> ``mllm4d_lite.train.grpo.GRPOConfigKit`` (skipped while that module does not exist);
 ``accelerate*.yaml`` -> accelerate's own launcher-config loader; any other ``<stage>.yaml`` -> the one
 ``*Config*`` dataclass defined in ``mllm4d_lite.<stage>``.
 SFT recipes are also checked against the model: their LoRA targets must match modules of the real
@@ -22,9 +22,9 @@ from mllm4d_lite.config import build_config, load_yaml
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 STAGE_CONFIGS = {
-    "sft": ("mllm4d_lite.sft", "SFTConfigKit"),
-    "cold_start": ("mllm4d_lite.sft", "SFTConfigKit"),
-    "grpo": ("mllm4d_lite.grpo", "GRPOConfigKit"),
+    "sft": ("mllm4d_lite.train.sft", "SFTConfigKit"),
+    "cold_start": ("mllm4d_lite.train.sft", "SFTConfigKit"),
+    "grpo": ("mllm4d_lite.train.grpo", "GRPOConfigKit"),
 }
 MODULE_OF_STAGE = {"eval": "evaluate"}
 
@@ -85,7 +85,7 @@ SFT_RECIPES = [p for p in RECIPES if p.stem in ("sft", "cold_start")]
 
 @pytest.mark.parametrize("path", SFT_RECIPES, ids=_rel)
 def test_sft_recipe_fits_its_profile(path):
-    from mllm4d_lite import sft as S
+    from mllm4d_lite.train import sft as S
 
     cfg = build_config(S.SFTConfigKit, load_yaml(path), str(path))
     comment = "\n".join(line for line in path.read_text().split("\n") if line.startswith("#"))
@@ -114,8 +114,8 @@ def test_a_profiles_recipes_chain_sft_cold_start_grpo(profile):
     """Run one after another as their headers say, a profile's recipes hand each stage the one
     before's adapter, read one data folder (sft / cot / rft .jsonl) and write folders of their own,
     none of them the demo's (the demo passes its own paths)."""
-    from mllm4d_lite import grpo as G
-    from mllm4d_lite import sft as S
+    from mllm4d_lite.train import grpo as G
+    from mllm4d_lite.train import sft as S
 
     sft = build_config(S.SFTConfigKit, load_yaml(profile / "sft.yaml"))
     cold = build_config(S.SFTConfigKit, load_yaml(profile / "cold_start.yaml"))
@@ -136,8 +136,8 @@ def test_sft_recipe_lora_targets_match_the_architecture(path):
     import torch
     from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen3VLConfig
 
-    from mllm4d_lite import model as M
-    from mllm4d_lite import sft as S
+    from mllm4d_lite.train import model as M
+    from mllm4d_lite.train import sft as S
 
     cfg = build_config(S.SFTConfigKit, load_yaml(path), str(path))
     family = {"tiny": "qwen2.5-vl", "tiny-motion": "qwen2.5-vl", "tiny-qwen2.5-vl": "qwen2.5-vl",

@@ -1,6 +1,6 @@
 """ST-reward tests: a table of hand-written completions with exact expected scores.
 
-Expected values are worked out by hand from the definitions in ``mllm4d_lite/rewards.py``
+Expected values are worked out by hand from the definitions in ``mllm4d_lite/train/rewards.py``
 (release formulas plus the kit's deviations D1-D7); errors in metres, e.g. a camera off by
 5 m at the first frame and exact at the last scores exp(-(5 + 0) / 2) = exp(-2.5).
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mllm4d_lite import rewards
-from mllm4d_lite.rewards import (
+from mllm4d_lite.train import rewards
+from mllm4d_lite.train.rewards import (
     REWARD_FUNCS,
     REWARD_STATS,
     RELEASE_REWARD_WEIGHTS,
@@ -287,7 +287,7 @@ def test_release_options_are_all_off_and_default_all_on():
 
 
 def test_mra_uses_ten_explicit_thresholds():
-    from mllm4d_lite.answers import MRA_THRESHOLDS  # shared with evaluation
+    from mllm4d_lite.eval.answers import MRA_THRESHOLDS  # shared with evaluation
 
     assert MRA_THRESHOLDS == (0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
     # 2.2 vs 2.0 is 10 % off: passes 0.50 ... 0.85 (eight of ten); 1.5 vs 2.0 (25 %): 0.50 ... 0.70 (five).
@@ -500,7 +500,7 @@ def test_rewards_run_inside_trl_grpo_trainer(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from mllm4d_lite.model import build_tokenizer
+    from mllm4d_lite.train.model import build_tokenizer
 
     torch.manual_seed(0)
     tok = build_tokenizer()

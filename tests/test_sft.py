@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mllm4d_lite import data as D
+from mllm4d_lite.train import data as D
 from mllm4d_lite import prompts
-from mllm4d_lite import sft as S
+from mllm4d_lite.train import sft as S
 from mllm4d_lite.config import ConfigError, build_config
-from mllm4d_lite.model import ModelSetupError, load_model_and_processor
+from mllm4d_lite.train.model import ModelSetupError, load_model_and_processor
 
 FAST = dict(max_steps=4, learning_rate=5e-3, logging_steps=2, save_steps=2, warmup_ratio=0.0, lora_r=4,
             lora_alpha=8, lora_dropout=0.0, num_frames=4, num_threads=1, eval_max_new_tokens=40)

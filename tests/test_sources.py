@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mllm4d_lite import sources
-from mllm4d_lite.clip import ClipError
-from mllm4d_lite.video import VideoError, read_video, write_video
+from mllm4d_lite.curation import sources
+from mllm4d_lite.curation.clip import ClipError
+from mllm4d_lite.curation.video import VideoError, read_video, write_video
 
 # Real KITTI 2011_09_26 values (P_rect_02 / P_rect_03).
 P2 = [721.5377, 0, 609.5593, 44.85728, 0, 721.5377, 172.854, 0.2163791, 0, 0, 1, 0.002745884]

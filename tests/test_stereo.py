@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mllm4d_lite import stereo
+from mllm4d_lite.curation import stereo
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_torchscript_backend_runs_a_user_model(tmp_path):
 
 
 def test_generated_clip_disparity_against_gt_depth():
-    synth = pytest.importorskip("mllm4d_lite.synth")
+    synth = pytest.importorskip("mllm4d_lite.curation.synth")
     clip = synth.generate_clip(231, num_frames=3)
     max_disp = stereo.max_disparity_for(clip.focal_px, clip.baseline_m, 1.0, clip.width)
     for i in range(clip.num_frames):

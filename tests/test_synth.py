@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mllm4d_lite import synth
-from mllm4d_lite.clip import load_clip
-from mllm4d_lite.synth import SceneOptions, build_scene, generate_clip, render_view
+from mllm4d_lite.curation import synth
+from mllm4d_lite.curation.clip import load_clip
+from mllm4d_lite.curation.synth import SceneOptions, build_scene, generate_clip, render_view
 
 W, H, N = 160, 120, 6  # small clips keep the suite fast
 SEEDS = list(range(8))
@@ -385,7 +385,7 @@ def test_cli_unwritable_output(tmp_path, capsys):
 
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
-    import mllm4d_lite.video as video
+    import mllm4d_lite.curation.video as video
 
     clip = generate_clip(3, 2, 32, 32)
     real = video.write_video

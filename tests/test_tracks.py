@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mllm4d_lite import odometry, stereo, synth, tracks
+from mllm4d_lite.curation import odometry, stereo, synth, tracks
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_no_mask_pixels_gives_nulls():
 def _tiny_clip_run(name):
     from pathlib import Path
 
-    from mllm4d_lite.sources import load_native
+    from mllm4d_lite.curation.sources import load_native
 
     clip_dir = Path(__file__).resolve().parents[1] / "tiny_data" / name
     if not clip_dir.is_dir():

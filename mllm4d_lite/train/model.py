@@ -318,7 +318,7 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2.5-vl", seed: int 
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     (tmp / "TINY_MODEL.txt").write_text(
-        f"Randomly initialised tiny {family} model built offline by mllm4d_lite.model.build_tiny_model "
+        f"Randomly initialised tiny {family} model built offline by mllm4d_lite.train.model.build_tiny_model "
         f"(seed {seed}, hidden {hidden_size}, layers {num_layers}, final norm gain {final_norm_gain}, "
         f"vision tower {vision}, build {TINY_BUILD_VERSION}). Not a pretrained model.\n"
     )
@@ -666,7 +666,7 @@ def load_video_for_model(path: str | Path, num_frames: int, blank: bool = False)
     pixels (the "blind" control) but keeps shapes and token counts identical.
     An odd T is padded by repeating the last frame (the temporal patch is 2 frames).
     """
-    from mllm4d_lite.video import read_video, sample_indices
+    from mllm4d_lite.curation.video import read_video, sample_indices
 
     all_frames, fps, _ = read_video(path, None)
     total = int(all_frames.shape[0])

@@ -112,7 +112,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mllm4d_lite import prompts
-from mllm4d_lite.config import ConfigError, atomic_write_json, build_config, merge_config_classes, parse_config, save_resolved, split_config
+from mllm4d_lite.config import ConfigError, build_config, merge_config_classes, parse_config, save_resolved, split_config
+from mllm4d_lite.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 

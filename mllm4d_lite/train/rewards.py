@@ -21,11 +21,11 @@ Definitions (release: ``qwen-vl-rft/ST-reward.py`` of GVCLab/MLLM-4D)
   +0.4 if a ``Camera Center: [...]`` and an ``Object Center: [...]`` are stated; +0.1 if the
   thinking block is longer than 20 characters.
 - accuracy: multiple choice, 1 if the option extracted from the reply by
-  :func:`mllm4d_lite.answers.extract_choice` (the evaluator's extractor: the letter, or the
+  :func:`mllm4d_lite.eval.answers.extract_choice` (the evaluator's extractor: the letter, or the
   option's text, inside ``<answer>``, else a declared answer, ...) is the right option, else 0.
-  Numeric questions: the VSI-Bench mean relative accuracy of :func:`~mllm4d_lite.answers.
+  Numeric questions: the VSI-Bench mean relative accuracy of :func:`~mllm4d_lite.eval.answers.
   extract_number`'s number (ten thresholds 0.50, 0.55, ..., 0.95). Scored by
-  :func:`mllm4d_lite.answers.score_response`, i.e. exactly as the benchmark scores it.
+  :func:`mllm4d_lite.eval.answers.score_response`, i.e. exactly as the benchmark scores it.
 - camera / object: ``exp(-mean L2 error)`` (metres) between predicted and ground-truth centres
   paired in order; 0 when counts or shapes differ; when the ground truth has no centre: 1 if
   the prediction states none, else 0. Computed with ``math.hypot``/``math.exp``, so a huge
@@ -63,7 +63,7 @@ D6 ``choice_matching``: accuracy by extracted option / numeric MRA as described 
    the tag) equals the ``answer`` column exactly (kit data: the option's text, so a letter
    answer scores 0 in release mode).
 D7 ``answer_part_only`` (with D6): the option or number is read only from the part of the reply
-   that may hold the answer (:func:`mllm4d_lite.answers.answer_part`): the ``<answer>`` block, else
+   that may hold the answer (:func:`mllm4d_lite.eval.answers.answer_part`): the ``<answer>`` block, else
    what follows a closed ``</thinking>``; a reply whose ``<thinking>`` never closes has no answer.
    Without it the extractor's fallbacks read the reasoning: in tiny GRPO runs, replies whose tags
    had broken earned accuracy for the "right" in "dx = 0.00 m (right +)", so breaking the
@@ -94,7 +94,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from mllm4d_lite.answers import ANSWER_BLOCK, answer_part, normalize_text, score_response
+from mllm4d_lite.eval.answers import ANSWER_BLOCK, answer_part, normalize_text, score_response
 
 log = logging.getLogger(__name__)
 

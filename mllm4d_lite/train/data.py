@@ -1,6 +1,6 @@
 """Training data: QA records -> chat examples with decoded video -> model batches.
 
-Shared by the SFT / cold-start stage (:mod:`mllm4d_lite.sft`) and GRPO. Public API (stable):
+Shared by the SFT / cold-start stage (:mod:`mllm4d_lite.train.sft`) and GRPO. Public API (stable):
 
 - :func:`load_records` reads ``sft.jsonl`` / ``cot.jsonl`` / ``rft.jsonl`` (one JSON object a
   line, see the kit's design notes) and resolves each record's ``video`` (relative to the
@@ -35,8 +35,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mllm4d_lite import prompts
-from mllm4d_lite.model import build_messages, load_video_for_model, video_kwargs
-from mllm4d_lite.video import VideoError
+from mllm4d_lite.train.model import build_messages, load_video_for_model, video_kwargs
+from mllm4d_lite.curation.video import VideoError
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def sample_cost(processor, collator: VideoSFTCollator, records: Sequence[dict[st
     Returns frames, pixels per frame (after the processor's resize), visual tokens per video,
     mean/max total tokens per sample and mean assistant (loss) tokens per sample.
     """
-    from mllm4d_lite.model import count_visual_tokens
+    from mllm4d_lite.train.model import count_visual_tokens
 
     subset = list(records[:max_records])
     if not subset:
@@ -354,7 +354,7 @@ def write_toy_direction_set(out_dir: str | Path, num_clips: int = 16, seed: int 
     ``square``, its side as a fraction of the height; ``backgrounds``, (H, W, 3) uint8 images
     (e.g. first frames of synthetic clips) to slide over instead of uniform noise.
     """
-    from mllm4d_lite.video import write_video
+    from mllm4d_lite.curation.video import write_video
 
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Conventions: camera x right, y down, z forward; world = left camera at frame 0; metres.
 Inputs are per-frame instance masks on the left view (``masks`` (N, H, W) uint16, 0 = background),
 the left-view disparity (px, NaN unknown), K, baseline and the camera poses from
-:mod:`mllm4d_lite.odometry`. Masks come from the clip (synthetic clips ship them); a detector /
+:mod:`mllm4d_lite.curation.odometry`. Masks come from the clip (synthetic clips ship them); a detector /
 tracker backend for unlabelled real clips is a later step: without masks there are no objects.
 
 Centre (:func:`object_centers`): the object's mask is eroded by ``erode_px`` (disparities at
@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from mllm4d_lite.odometry import backproject
+from mllm4d_lite.curation.odometry import backproject
 
 log = logging.getLogger(__name__)
 

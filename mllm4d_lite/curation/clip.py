@@ -145,7 +145,7 @@ def save_clip(clip: Clip, out_dir: str | Path, crf: int = 18) -> Path:
     written into a hidden temporary folder beside the target and renamed at the end, so a
     failure leaves no half-written clip; an existing clip of the same id is replaced.
     """
-    from mllm4d_lite.video import write_video
+    from mllm4d_lite.curation.video import write_video
 
     clip.check()
     if not clip.clip_id or clip.clip_id in (".", "..") or any(c in clip.clip_id for c in "/\\"):
@@ -214,7 +214,7 @@ def load_clip(clip_dir: str | Path, load_depth: bool = True) -> Clip:
     depth files against them. Any problem raises :class:`ClipError` naming the file and the fix.
     ``gt_depth_m`` is float32 metres (skipped when ``load_depth`` is False).
     """
-    from mllm4d_lite.video import VideoError, read_video
+    from mllm4d_lite.curation.video import VideoError, read_video
 
     clip_dir = Path(clip_dir)
     meta_path = clip_dir / "clip.json"

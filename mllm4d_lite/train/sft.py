@@ -2,7 +2,7 @@
 
 The first two training stages of MLLM-4D: SFT on ``sft.jsonl``, then the same command on
 ``cot.jsonl`` starting from the SFT adapter (``adapter_init``). Built on TRL's ``SFTTrainer``
-with our video collator (:mod:`mllm4d_lite.data`): left-view videos sampled to ``num_frames``
+with our video collator (:mod:`mllm4d_lite.train.data`): left-view videos sampled to ``num_frames``
 frames under a per-frame pixel budget, chat template, loss on the assistant's tokens only,
 vision tower frozen, LLM (and, with ``train_merger``, the vision-language merger) trained
 through LoRA.
@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mllm4d_lite.config import ConfigError, atomic_write_json, parse_config, save_figure, save_resolved
+from mllm4d_lite.config import ConfigError, parse_config, save_resolved
+
+from mllm4d_lite.io import atomic_write_json, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +186,7 @@ def attach_lora(model, cfg: SFTConfigKit):
                               "adapter/ folder an `mllm4d sft` run wrote (e.g. runs/tiny/sft/adapter)")
         log.info("continuing from adapter %s (its LoRA r/alpha/targets apply; lora_* settings ignored)",
                  cfg.adapter_init)
-        from mllm4d_lite.model import warn_if_adapter_base_differs
+        from mllm4d_lite.train.model import warn_if_adapter_base_differs
 
         warn_if_adapter_base_differs(cfg.adapter_init, cfg.model)
         return PeftModel.from_pretrained(model, cfg.adapter_init, is_trainable=True)
@@ -266,10 +268,9 @@ def make_metrics_callback(metrics_path: Path, collator, device: str):
 
 def plot_loss(metrics_path: Path, out_png: Path, title: str) -> None:
     """Loss (and lr) against step from metrics.jsonl."""
-    import matplotlib
+    from mllm4d_lite.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     if not rows:
@@ -316,8 +317,8 @@ def quick_eval(model, processor, entries: Sequence[dict[str, Any]], cache, mode:
     from tqdm import tqdm
 
     from mllm4d_lite import prompts
-    from mllm4d_lite.evaluate import scored
-    from mllm4d_lite.model import generate_answers
+    from mllm4d_lite.eval.evaluate import scored
+    from mllm4d_lite.train.model import generate_answers
 
     system = prompts.ST_COT_SYSTEM_PROMPT if mode == "st-cot" else None
     model.eval()
@@ -374,8 +375,8 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from mllm4d_lite import data as D
-    from mllm4d_lite.model import (check_gpu_only_settings, follow_thread_share, load_model_and_processor,
+    from mllm4d_lite.train import data as D
+    from mllm4d_lite.train.model import (check_gpu_only_settings, follow_thread_share, load_model_and_processor,
                                    pick_device, pick_dtype, quiet_progress, save_adapter)
 
     device = pick_device(cfg.device)
@@ -400,7 +401,7 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
         cfg.model, device=device, quant=cfg.quant, dtype=cfg.dtype, use_unsloth=cfg.use_unsloth,
         max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels, gradient_checkpointing=cfg.gradient_checkpointing,
         trainable_adapter=True)
-    from mllm4d_lite.model import unsloth_importable
+    from mllm4d_lite.train.model import unsloth_importable
 
     if cfg.use_unsloth and unsloth_importable():
         model = attach_lora_unsloth(model, cfg)
@@ -479,8 +480,8 @@ def train(cfg: SFTConfigKit, return_trainer: bool = False):
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SFTConfigKit, argv, prog="mllm4d sft",
                        description="SFT / ST-CoT cold start of a Qwen-VL with (Q)LoRA on video QA records.")
-    from mllm4d_lite.data import DataError
-    from mllm4d_lite.model import ModelSetupError
+    from mllm4d_lite.train.data import DataError
+    from mllm4d_lite.train.model import ModelSetupError
 
     try:
         summary = train(cfg)

@@ -4,7 +4,7 @@ Input is a list of *scored predictions*: dicts with at least
 
 - ``category``  (str) the group a question is reported under;
 - ``score``     (float) 1.0 / 0.0 for multiple choice, the MRA in [0, 1] for numeric questions
-  (see :func:`mllm4d_lite.answers.score_response`);
+  (see :func:`mllm4d_lite.eval.answers.score_response`);
 - ``extracted`` (str | None) the extracted letter / number; None counts as "no answer";
 - ``n_choices`` (int | None) number of options (chance = 1 / n_choices); None for numeric.
 
@@ -26,7 +26,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mllm4d_lite.config import atomic_write_json, atomic_write_text, save_figure
+from mllm4d_lite.io import atomic_write_json, atomic_write_text, save_figure
 
 ACCURACY_NOTE = "accuracy: per question, 100 * (sum of scores) / (number of questions)"
 MEAN_NOTE = ("mean_over_categories: unweighted mean of the per-category accuracies "
@@ -150,10 +150,9 @@ def report_markdown(report: Mapping[str, Any], title: str = "Evaluation report")
 
 def plot_report(report: Mapping[str, Any], path: str | Path, title: str = "Accuracy per category") -> Path:
     """A PNG bar chart: accuracy per category (and blind, when present), chance as a tick."""
-    import matplotlib
+    from mllm4d_lite.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = list(report["categories"])
     names = [r["category"] for r in rows] + ["overall\n(per question)", "overall\n(mean of cat.)"]

@@ -432,7 +432,7 @@ def estimate_trajectory(
     Args:
         left: (N, H, W, 3) uint8 RGB left frames.
         disparity_px: (N, H, W) float32 left-view disparity (px, NaN unknown), e.g. from
-            :func:`mllm4d_lite.stereo.compute_disparity`.
+            :func:`mllm4d_lite.curation.stereo.compute_disparity`.
         K: (3, 3) left intrinsics (px); baseline_m: stereo baseline (m, > 0).
         exclude_mask: optional (N, H, W) bool, True on pixels of possibly moving objects.
         right: optional (N, H, W, 3) uint8 right frames: feature disparities are then refined

@@ -1,13 +1,13 @@
 """``mllm4d curate``: stereo clips -> metric 4D annotations -> QA data (SFT / CoT / RFT / bench).
 
 Per clip (:func:`curate_clip`): load (native folder, KITTI raw drive, side-by-side video or frame
-folders; see :mod:`mllm4d_lite.sources`) -> disparity per frame (:mod:`mllm4d_lite.stereo`) ->
-camera trajectory by stereo visual odometry with bundle adjustment (:mod:`mllm4d_lite.odometry`)
--> object centres and relative yaw from the clip's masks (:mod:`mllm4d_lite.tracks`) ->
+folders; see :mod:`mllm4d_lite.curation.sources`) -> disparity per frame (:mod:`mllm4d_lite.curation.stereo`) ->
+camera trajectory by stereo visual odometry with bundle adjustment (:mod:`mllm4d_lite.curation.odometry`)
+-> object centres and relative yaw from the clip's masks (:mod:`mllm4d_lite.curation.tracks`) ->
 ``annotations/<clip_id>.json`` (design.md schema plus ``clip_dir``, ``source``, per-object
 ``yaw_rad`` = heading change since the object's first visible frame, and a ``quality`` block).
 Clips without masks get no objects (a detector/tracker backend is a later step; the annotation's
-``quality.objects`` says so). Then :func:`mllm4d_lite.qa.build_datasets` turns the annotations
+``quality.objects`` says so). Then :func:`mllm4d_lite.qa.dataset.build_datasets` turns the annotations
 into ``sft.jsonl``, ``cot.jsonl``, ``rft.jsonl``, ``bench.json`` and ``qa_summary.json``.
 
 ``--score`` (clips with gt.json / gt_depth.npz) adds ``scorecard.json``: disparity end-point
@@ -39,10 +39,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mllm4d_lite import odometry, stereo, tracks
-from mllm4d_lite.clip import Clip, ClipError
-from mllm4d_lite.config import ConfigError, atomic_write_json, merge_config_classes, parse_config, save_figure, save_resolved, split_config
-from mllm4d_lite.sources import ClipSource, find_sources
+from mllm4d_lite.curation import odometry, stereo, tracks
+from mllm4d_lite.curation.clip import Clip, ClipError
+from mllm4d_lite.config import ConfigError, merge_config_classes, parse_config, save_resolved, split_config
+from mllm4d_lite.io import atomic_write_json, save_figure
+from mllm4d_lite.curation.sources import ClipSource, find_sources
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
             raise ClipError(f"{clip.num_frames} frame(s); a 4D annotation needs at least 2 (motion over time): "
                             "export the clip with more frames" + (", or raise --max-frames" if cfg.max_frames else ""))
         if cfg.use_gt:
-            from mllm4d_lite import qa
+            from mllm4d_lite.qa import dataset as qa
 
             ann = qa.annotation_from_gt(clip)
             disparity, timings = None, {}
@@ -321,10 +322,9 @@ def scorecard_text(card: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- plots
 def plot_clip(clip: Clip, ann: dict[str, Any], path: Path) -> Path:
     """Top-down (x right, z up) estimated vs ground-truth camera and object trajectories -> PNG."""
-    import matplotlib
+    from mllm4d_lite.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     est = np.asarray(ann["camera_centers"], float)
@@ -357,9 +357,9 @@ def plot_clip(clip: Clip, ann: dict[str, Any], path: Path) -> Path:
 # ----------------------------------------------------------------------------- command line
 def _import_qa():
     try:
-        from mllm4d_lite import qa
+        from mllm4d_lite.qa import dataset as qa
     except ImportError as err:  # pragma: no cover - qa lands with its own issue
-        log.warning("QA step skipped: mllm4d_lite.qa is not importable (%s)", err)
+        log.warning("QA step skipped: mllm4d_lite.qa.dataset is not importable (%s)", err)
         return None
     return qa
 

@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from mllm4d_lite.clip import Clip, ClipError, save_clip
+from mllm4d_lite.curation.clip import Clip, ClipError, save_clip
 
 log = logging.getLogger(__name__)
 
@@ -887,7 +887,7 @@ def generate_clip(seed: int, num_frames: int = 24, width: int = 320, height: int
     left, right, depth, ids = render_scene(scene, opts, int(seed))
     clip_id = opts.clip_id or f"synth_s{int(seed):05d}"
     gt = gt_from_scene(scene, ids)
-    generator = {"name": "mllm4d_lite.synth", "seed": int(seed), "num_frames": int(num_frames),
+    generator = {"name": "mllm4d_lite.curation.synth", "seed": int(seed), "num_frames": int(num_frames),
                  "width": int(width), "height": int(height), "fps": float(fps),
                  **{k: v for k, v in dataclasses.asdict(opts).items() if k != "clip_id"}}
     clip = Clip(
@@ -906,12 +906,11 @@ def generate_clip(seed: int, num_frames: int = 24, width: int = 320, height: int
 
 def plot_trajectories(clip: Clip, path: str | Path) -> Path:
     """Top-down (x right, z up) plot of the camera and object trajectories -> PNG at ``path``."""
-    import matplotlib
+    from mllm4d_lite.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
-    from mllm4d_lite.config import save_figure
+    from mllm4d_lite.io import save_figure
 
     gt = clip.gt or {}
     poses = np.asarray(gt["camera_to_world"], float)

@@ -30,9 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mllm4d_lite.config import (ConfigError, atomic_write_json, atomic_write_text, load_yaml, parse_config, save_figure,
-                                save_resolved)
-from mllm4d_lite.model import THREADS_FILE_ENV
+from mllm4d_lite.config import ConfigError, load_yaml, parse_config, save_resolved
+
+from mllm4d_lite.io import atomic_write_json, atomic_write_text, save_figure
+from mllm4d_lite.train.model import THREADS_FILE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ PROFILES = {"tiny": "recipes/tiny", "gpu-24gb": "recipes/qwen2.5-vl-3b"}
 PROFILE_CLIPS = {"tiny": "tiny_data/lateral", "gpu-24gb": "tiny_data"}
 STAGE_RECIPES = ("sft.yaml", "cold_start.yaml", "grpo.yaml")  # what recipes/<profile>/ must hold
 PROFILE_OPTION_ORDER = {"tiny": "fixed", "gpu-24gb": "balanced"}
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MIN_GAP_N = 10  # per-category differences are reported for categories with at least this many questions
 GAP_PAIRS = (("sft", "blind"), ("grpo", "cold_start"))  # the differences the report gives with their noise
 
@@ -78,7 +79,7 @@ class DemoConfig:
         "help": "reply budget for ST-CoT evaluation (the tiny model's CoT targets: median ~170, 90% < 215 tokens)"})
 
     def validate(self) -> None:
-        from mllm4d_lite.qa import OPTION_ORDERS, QAConfig
+        from mllm4d_lite.qa.dataset import OPTION_ORDERS, QAConfig
 
         if self.profile not in PROFILES:
             raise ConfigError(f"`profile` must be one of {sorted(PROFILES)}, got {self.profile!r}")
@@ -110,7 +111,7 @@ def _start_stage(module: str, argv: list[str], log_file: Path | None = None, env
     """Start ``mllm4d <stage> argv`` without waiting; its output goes to ``log_file`` when given."""
     import subprocess
 
-    stage = {"mllm4d_lite.evaluate": "eval"}.get(module, module.rsplit(".", 1)[-1])
+    stage = {"mllm4d_lite.eval.evaluate": "eval"}.get(module, module.rsplit(".", 1)[-1])
     cmd = [sys.executable, "-m", "mllm4d_lite", stage, *argv]
     log.info("$ mllm4d %s %s%s", stage, " ".join(argv), f"  (in the background, log: {log_file})" if log_file else "")
     child_env = {**os.environ, **env} if env else None
@@ -282,7 +283,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     clips = _subset_clips(cfg, out)
     option_order = cfg.qa_option_order or PROFILE_OPTION_ORDER[cfg.profile]
     stage = functools.partial(_run_stage, out=out, fresh=cfg.fresh, times=times, inputs=inputs)
-    stage("curate", body=lambda d: _call_stage("mllm4d_lite.curate", [
+    stage("curate", body=lambda d: _call_stage("mllm4d_lite.curation.curate", [
         "--clips", str(clips), "--out", str(d), "--plot", "--score", "--workers", str(cfg.workers),
         "--qa-option-order", option_order, "--rft-fraction", str(cfg.rft_fraction)]))
 
@@ -294,7 +295,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     threads_file = out / ".threads"  # the training stage's CPU threads while evaluations run beside it
 
     def train(recipe: str, train_file: str, adapter_init: Path | None, extra: list[str], follow_threads=False):
-        module = "mllm4d_lite.grpo" if recipe == "grpo.yaml" else "mllm4d_lite.sft"
+        module = "mllm4d_lite.train.grpo" if recipe == "grpo.yaml" else "mllm4d_lite.train.sft"
         env = {THREADS_FILE_ENV: str(threads_file)} if follow_threads else None
         return lambda d: _call_stage(module, argv_of(recipe, train_file, adapter_init, extra, d), env=env)
 
@@ -309,7 +310,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         if blind_dir.exists():
             shutil.rmtree(blind_dir)
         blind_start = time.time()
-        blind_proc = _start_stage("mllm4d_lite.sft", argv_of("sft.yaml", "sft.jsonl", None, blind_argv, blind_dir),
+        blind_proc = _start_stage("mllm4d_lite.train.sft", argv_of("sft.yaml", "sft.jsonl", None, blind_argv, blind_dir),
                                   log_file=out / "sft_blind.log")
     with _killed_on_error(blind_proc):
         sft = stage("sft", body=train("sft.yaml", "sft.jsonl", None, sft_steps))
@@ -344,7 +345,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             argv += ["--blind"]
         if beside:
             argv += ["--num-threads", "1"]  # the training beside it has the other core
-        stage(f"eval/{key}", body=lambda d: _call_stage("mllm4d_lite.evaluate", argv + ["--out", str(d)]),
+        stage(f"eval/{key}", body=lambda d: _call_stage("mllm4d_lite.eval.evaluate", argv + ["--out", str(d)]),
               beside=beside)
 
     # With two cores, each evaluation runs on the second core as soon as its model exists: the
@@ -521,10 +522,9 @@ def machine_info() -> dict[str, Any]:
 def _accuracy_plot(rows: list[dict[str, Any]], chance: float | None, path: Path) -> Path | None:
     if not rows:
         return None
-    import matplotlib
+    from mllm4d_lite.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     cats = sorted({c for r in rows for c in r["categories"]})

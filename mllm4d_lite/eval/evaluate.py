@@ -18,7 +18,7 @@ up under ``--video-root`` by their trailing path parts (``videos_real/davis/x.mp
 ``run`` writes into ``--out``: ``predictions.jsonl`` (appended as answers come, so a stopped
 run resumes and skips answered ids), then ``predictions.json`` (the input entries plus
 ``response``, ``extracted`` and ``score``, in benchmark order), ``report.json`` / ``.md`` /
-``.png`` (see :mod:`mllm4d_lite.report`) and ``config.yaml``. Entries without a ``category``
+``.png`` (see :mod:`mllm4d_lite.eval.report`) and ``config.yaml``. Entries without a ``category``
 get ``split`` (the bench file's name), which the report groups by. With ``--blind`` the same model
 also answers every question with blank frames (``predictions_blind.jsonl``), reported as a
 baseline beside chance.
@@ -43,9 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from mllm4d_lite.answers import answer_letters, answer_part, entry_answer, is_numeric, score_response
-from mllm4d_lite.config import ConfigError, atomic_write_json, parse_config, save_resolved
-from mllm4d_lite.report import build_report, report_markdown, summary_line, write_report
+from mllm4d_lite.eval.answers import answer_letters, answer_part, entry_answer, is_numeric, score_response
+from mllm4d_lite.config import ConfigError, parse_config, save_resolved
+from mllm4d_lite.io import atomic_write_json
+from mllm4d_lite.eval.report import build_report, report_markdown, summary_line, write_report
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def scored(entry: Mapping[str, Any], response: str | None, st_cot: bool = False)
     """The entry plus ``response``, ``extracted`` and ``score`` (and the fields the report reads).
 
     ``st_cot``: the reply answers the kit's ST-CoT prompt, so only its answer part counts
-    (:func:`mllm4d_lite.answers.answer_part`: the ``<answer>`` block, or what follows
+    (:func:`mllm4d_lite.eval.answers.answer_part`: the ``<answer>`` block, or what follows
     ``</thinking>``), as in the GRPO accuracy reward; the words of its reasoning are not an answer.
     """
     score, extracted = score_response(entry, answer_part(response) if st_cot else response)
@@ -167,7 +168,7 @@ def scored(entry: Mapping[str, Any], response: str | None, st_cot: bool = False)
 
 
 def report_rows(predictions: Iterable[Mapping[str, Any]], default_category: str) -> list[dict[str, Any]]:
-    """What :func:`mllm4d_lite.report.build_report` reads, from scored predictions."""
+    """What :func:`mllm4d_lite.eval.report.build_report` reads, from scored predictions."""
     rows = []
     for p in predictions:
         choices = p.get("choices")
@@ -329,9 +330,9 @@ def _answer_all(cfg: EvalRunConfig, model, processor, todo: list[tuple[dict, Pat
     """Answer ``todo`` in batches, appending each scored prediction to ``pred_path``."""
     from tqdm import tqdm
 
-    from mllm4d_lite.model import generate_answers, load_video_for_model
+    from mllm4d_lite.train.model import generate_answers, load_video_for_model
     from mllm4d_lite.prompts import ST_COT_SYSTEM_PROMPT, build_prompt
-    from mllm4d_lite.video import VideoError
+    from mllm4d_lite.curation.video import VideoError
 
     max_new = cfg.max_new_tokens or (32 if cfg.prompt == "direct" else 1024)
     system = ST_COT_SYSTEM_PROMPT if cfg.prompt == "st-cot" else None
@@ -409,7 +410,7 @@ def run(cfg: EvalRunConfig) -> dict[str, Any]:
         todo = [(e, p) for e, p in resolved if str(e["id"]) not in done]
         log.info("%s pass: %d answered already, %d to go", name, len(done), len(todo))
         if todo and model is None:
-            from mllm4d_lite.model import load_model_and_processor
+            from mllm4d_lite.train.model import load_model_and_processor
 
             model, processor = load_model_and_processor(cfg.model, adapter=cfg.adapter, device=cfg.device,
                                                         quant=cfg.quant, dtype=cfg.dtype,
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = parse_config(EvalRunConfig, rest, prog="mllm4d eval run",
                        description="Answer a VLM4D-format benchmark and report accuracy per category.")
-    from mllm4d_lite.model import ModelSetupError
+    from mllm4d_lite.train.model import ModelSetupError
 
     try:
         report = run(cfg)

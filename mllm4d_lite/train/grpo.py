@@ -2,7 +2,7 @@
 
 The method's last training stage (see the kit's method notes): start from the cold-start adapter,
 sample ``num_generations`` ST-CoT replies per video question, score them with the four ST-reward
-terms (:mod:`mllm4d_lite.rewards`, weights from the recipe) and update the LoRA weights with
+terms (:mod:`mllm4d_lite.train.rewards`, weights from the recipe) and update the LoRA weights with
 TRL's ``GRPOTrainer`` (group-normalised advantages, KL to the cold-start policy with ``beta``).
 
 How the video reaches the policy
@@ -14,7 +14,7 @@ from images alone: a stock trainer computes the GRPO loss on a blind model. :cla
 closes that gap with three small overrides:
 
 - ``_tokenize_prompts``: renders each prompt, runs the processor on its decoded frames
-  (:func:`mllm4d_lite.model.video_kwargs`), and keeps each row's video features
+  (:func:`mllm4d_lite.train.model.video_kwargs`), and keeps each row's video features
   (``pixel_values_videos``, ``video_grid_thw``, ``second_per_grid_ts`` for Qwen2.5-VL);
 - ``_generate_and_score_completions`` / ``_compute_loss``: make those rows available while TRL
   computes reference / old / policy log-probabilities, and store them (a per-row list, so TRL's
@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mllm4d_lite import prompts
-from mllm4d_lite.config import ConfigError, atomic_write_json, parse_config, save_figure, save_resolved
+from mllm4d_lite.config import ConfigError, parse_config, save_resolved
+from mllm4d_lite.io import atomic_write_json, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class GRPOConfigKit:
                 / self.num_generations / self.num_iterations)
 
     def validate(self) -> None:
-        from mllm4d_lite.rewards import REWARD_NAMES
+        from mllm4d_lite.train.rewards import REWARD_NAMES
 
         unknown = [n for n in self.reward_funcs if n not in REWARD_NAMES]
         if unknown or not self.reward_funcs:
@@ -197,7 +198,7 @@ def prompt_messages(record: dict[str, Any], use_st_cot_prompt: bool = True) -> l
     ST-CoT on: the record's ``system``/``prompt`` when present (``rft.jsonl`` has both), else the
     kit's ST-CoT system prompt and instruction. Off (ablation): the direct-answer prompt, no system.
     """
-    from mllm4d_lite.model import build_messages
+    from mllm4d_lite.train.model import build_messages
 
     if use_st_cot_prompt:
         text = record.get("prompt") or prompts.st_cot_prompt(record["question"], record.get("choices"))
@@ -265,7 +266,7 @@ def load_rft_records(path: str | Path, max_samples: int | None = None, seed: int
     With ``centre_rewards`` (the camera / object rewards that are on), every record must carry a
     ``solution`` (the true centres, as ``rft.jsonl`` does): scored against none, those rewards
     would pay for writing no centres. ``sft.jsonl`` / ``cot.jsonl`` or VLM4D-format files have none."""
-    from mllm4d_lite.data import DataError, load_records
+    from mllm4d_lite.train.data import DataError, load_records
 
     records = load_records(path, max_samples=max_samples, seed=seed, categories=categories,
                            balance_key=[k for k, on in (("category", balance_categories),
@@ -329,7 +330,7 @@ def _make_trainer_class():
 
             Each distinct prompt (a group of ``num_generations`` rows) is processed once.
             """
-            from mllm4d_lite.model import video_kwargs
+            from mllm4d_lite.train.model import video_kwargs
 
             processor = self.processing_class
             texts = [processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
@@ -593,10 +594,9 @@ def fifths_see_same_prompts(steps: int, num_prompts: int, prompts_per_step: floa
 
 def plot_reward_curve(rows: Sequence[dict[str, Any]], reward_names: Sequence[str], path: str | Path) -> None:
     """Total reward and each (unweighted) component per step -> PNG."""
-    import matplotlib
+    from mllm4d_lite.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -631,7 +631,7 @@ def vision_token_ids(tokenizer) -> list[int]:
 
 
 def _check_setup(cfg: GRPOConfigKit, device: str) -> None:
-    from mllm4d_lite.model import ModelSetupError, check_gpu_only_settings
+    from mllm4d_lite.train.model import ModelSetupError, check_gpu_only_settings
 
     check_gpu_only_settings(device, use_unsloth=cfg.use_unsloth, use_vllm=cfg.use_vllm)
     if cfg.use_vllm:
@@ -649,10 +649,10 @@ def build_trainer(cfg: GRPOConfigKit, records: Sequence[dict[str, Any]] | None =
     from transformers import set_seed
     from trl import GRPOConfig
 
-    from mllm4d_lite.data import VideoCache, check_videos
-    from mllm4d_lite.model import (follow_thread_share, load_model_and_processor, pick_device, pick_dtype,
+    from mllm4d_lite.train.data import VideoCache, check_videos
+    from mllm4d_lite.train.model import (follow_thread_share, load_model_and_processor, pick_device, pick_dtype,
                                    quiet_progress)
-    from mllm4d_lite.rewards import get_reward_funcs
+    from mllm4d_lite.train.rewards import get_reward_funcs
 
     device = pick_device(cfg.device)
     _check_setup(cfg, device)
@@ -729,7 +729,7 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
     """Train, save ``adapter/``, metrics, curve and summary; return the summary."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from mllm4d_lite.model import save_adapter
+    from mllm4d_lite.train.model import save_adapter
 
     out_dir = Path(cfg.output_dir)
     resume_from = None
@@ -783,8 +783,8 @@ def run(cfg: GRPOConfigKit) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(GRPOConfigKit, argv, prog="mllm4d grpo",
                        description="GRPO with the ST-CoT prompt and the ST-reward (TRL GRPOTrainer, LoRA).")
-    from mllm4d_lite.data import DataError
-    from mllm4d_lite.model import ModelSetupError
+    from mllm4d_lite.train.data import DataError
+    from mllm4d_lite.train.model import ModelSetupError
 
     try:
         summary = run(cfg)

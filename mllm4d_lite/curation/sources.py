@@ -1,8 +1,8 @@
-"""Loaders that turn public stereo sources into the kit's :class:`~mllm4d_lite.clip.Clip`.
+"""Loaders that turn public stereo sources into the kit's :class:`~mllm4d_lite.curation.clip.Clip`.
 
 Supported sources (all produce rectified left/right RGB frames, K of the left view, baseline):
 
-* native clip folders (``clip.json`` + ``left.mp4`` + ``right.mp4``; see :mod:`mllm4d_lite.clip`);
+* native clip folders (``clip.json`` + ``left.mp4`` + ``right.mp4``; see :mod:`mllm4d_lite.curation.clip`);
 * KITTI raw drive folders: ``image_02/data/*.png`` (left colour), ``image_03/data/*.png`` (right
   colour) and ``calib_cam_to_cam.txt`` in the drive folder or its parent (the date folder).
   K = ``P_rect_02[:, :3]``, baseline = ``(P_rect_02[0,3] - P_rect_03[0,3]) / fx`` (the rectified
@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import yaml
 
-from mllm4d_lite.clip import Clip, ClipError
+from mllm4d_lite.curation.clip import Clip, ClipError
 from mllm4d_lite.config import yaml_error_text
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _positive(path: Path, data: dict[str, Any], key: str, default: float | None 
     if key not in data:
         if default is not None:
             return float(default)
-        raise ClipError(f"{path}: calibration lacks `{key}`; add it (see mllm4d_lite/sources.py for the format)")
+        raise ClipError(f"{path}: calibration lacks `{key}`; add it (see mllm4d_lite/curation/sources.py for the format)")
     try:
         value = float(data[key])
     except (TypeError, ValueError):
@@ -244,7 +244,7 @@ def load_side_by_side(video_path: str | Path, calib_path: str | Path, clip_id: s
 
     ``layout: full`` -> each eye is W/2 wide and K is used as given; ``layout: half`` -> each eye
     was squeezed to W/2 and K's x row is halved (see the module docstring)."""
-    from mllm4d_lite.video import read_video
+    from mllm4d_lite.curation.video import read_video
 
     video_path = Path(video_path)
     calib = read_calibration(calib_path)
@@ -267,12 +267,12 @@ def load_side_by_side(video_path: str | Path, calib_path: str | Path, clip_id: s
 
 
 def load_native(clip_dir: str | Path, load_depth: bool = True) -> Clip:
-    """The kit's own clip folder (delegates to :func:`mllm4d_lite.clip.load_clip`)."""
-    from mllm4d_lite import clip as clip_mod
+    """The kit's own clip folder (delegates to :func:`mllm4d_lite.curation.clip.load_clip`)."""
+    from mllm4d_lite.curation import clip as clip_mod
 
     loader = getattr(clip_mod, "load_clip", None)
     if loader is None:
-        raise ClipError(f"{clip_dir}: this build has no native clip loader (mllm4d_lite.clip.load_clip)")
+        raise ClipError(f"{clip_dir}: this build has no native clip loader (mllm4d_lite.curation.clip.load_clip)")
     return loader(Path(clip_dir), load_depth=load_depth)
 
 

@@ -1,0 +1,1 @@
+"""Every stage end to end on a profile (``mllm4d demo``)."""
