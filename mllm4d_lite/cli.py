@@ -16,7 +16,7 @@ import sys
 STAGES: dict[str, tuple[str, str]] = {
     "synth": ("mllm4d_lite.curation.synth", "render synthetic stereo clips with exact 4D ground truth"),
     "curate": ("mllm4d_lite.curation.curate", "stereo clips -> 4D annotations -> SFT / CoT / RFT / bench QA data"),
-    "qa": ("mllm4d_lite.qa.dataset", "4D annotations (or ground truth) -> SFT / CoT / RFT / bench QA data, est-vs-gt score"),
+    "qa": ("mllm4d_lite.qa.stage", "4D annotations (or ground truth) -> SFT / CoT / RFT / bench QA data, est-vs-gt score"),
     "sft": ("mllm4d_lite.train.sft", "supervised fine-tuning (SFT and ST-CoT cold start) with (Q)LoRA"),
     "grpo": ("mllm4d_lite.train.grpo", "GRPO reinforcement fine-tuning with the ST-CoT prompt and ST-reward"),
     "eval": ("mllm4d_lite.eval.evaluate", "evaluate on VLM4D-format benchmarks / score prediction files"),
@@ -53,17 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         sys.stderr.write(USAGE + f"mllm4d: error: unknown stage {stage!r}; choose from {list(STAGES)}\n")
         return 2
-    module_name, desc = STAGES[stage]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        if any(a in ("-h", "--help") for a in rest):
-            print(f"usage: mllm4d {stage} [options]\n\n{desc}\n\n(not implemented yet)")
-            return 0
-        sys.stderr.write(f"mllm4d {stage}: not implemented yet\n")
-        return 2
+    module = importlib.import_module(STAGES[stage][0])
     setup_logging()
     return int(module.main(rest) or 0)
 

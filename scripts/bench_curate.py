@@ -6,8 +6,8 @@ against the bare disparity calls on the same frames.
 
 Prints:
   * Middlebury motorcycle (skimage.data.stereo_motorcycle, full 741x500, 96 disparities): coverage,
-    end-point error and bad-3px (uncovered counted bad) of plain cv2.StereoSGBM with the issue's
-    settings and of mllm4d_lite.curation.stereo.compute_disparity; targets bad-3px <= 15%, EPE <= 1.0 px.
+    end-point error and bad-3px (uncovered counted bad) of plain cv2.StereoSGBM with fixed
+    reference settings and of mllm4d_lite.curation.stereo.compute_disparity; targets bad-3px <= 15%, EPE <= 1.0 px.
   * Speed: frames per second of the bare compute_disparity calls on every frame of the clips
     (frames already decoded), and of the whole curation per clip (decode + disparity + odometry +
     object tracks + writing the annotation), with the ratio whole / bare (target <= 1.5) and the
@@ -17,22 +17,20 @@ Prints:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mllm4d_lite.curation import stereo
-from mllm4d_lite.io import atomic_write_json  # noqa: E402
+from mllm4d_lite.curation import stereo  # noqa: E402
 from mllm4d_lite.curation.curate import estimate_annotation  # noqa: E402
 from mllm4d_lite.curation.sources import find_sources  # noqa: E402
+from mllm4d_lite.io import atomic_write_json  # noqa: E402
 
 
 def middlebury() -> dict:

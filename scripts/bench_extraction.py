@@ -10,7 +10,7 @@ reply carries the judge's extracted option and verdict) and prints:
 
     .venv/bin/python scripts/bench_extraction.py [--data ../shared/data/vlm4d] [--examples 3]
 
-Targets (issue 8): agreement >= 98 % of all replies; |accuracy delta| <= 1 point on >= 95 %
+Targets: agreement >= 98 % of all replies; |accuracy delta| <= 1 point on >= 95 %
 of the files.
 """
 

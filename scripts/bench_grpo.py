@@ -5,13 +5,12 @@ Starts from what the demo built (``bash run.sh``): the ST-CoT cold-start adapter
 ``--set key=value`` overrides) into ``--out``.
 
 Prints the mean total reward over the first and the last fifth of GRPO steps, each component,
-the format component at the end, s/step and the wall time. Targets (GRPO issue): GRPO run
+the format component at the end, s/step and the wall time. Targets: GRPO run
 <= 10 min, last fifth - first fifth >= 0.1, format component ends >= 0.9; and GRPO does not
 lower held-out accuracy below the cold start's (the held-out check below, every category).
 
 The training reward of a step depends on which prompts it drew as much as on the policy: over
-less than one pass through the prompts, the fifths hold different prompts (in the demo's data,
-the per-step accuracy of independent runs correlates at 0.6-0.7, step by step). So the run
+less than one pass through the prompts, the fifths hold different prompts. So the run
 trains on a pool of prompts sized to one fifth of its prompt draws (``--pool``, default): every
 fifth is one whole pass, and first vs last fifth compare the same prompts. Since it trains on
 those prompts five times, a rise can also be GRPO fitting them: the held-out check (greedy ST-CoT
@@ -25,7 +24,7 @@ pool's reward outside training. The cold start's figure says where the first fif
 the policy did not learn within it; the pair is a second, independent before/after of the rise.
 
 The demo curates with ``--rft-fraction 0.25``, so ``rft.jsonl`` holds prompts of clips that SFT and
-the cold start never saw. Figures per seed are in the header of ``recipes/tiny/grpo.yaml``.
+the cold start never saw. Figures per seed: docs/results.md.
 
     .venv/bin/python scripts/bench_grpo.py                        # ~3.5 min after `bash run.sh`
     .venv/bin/python scripts/bench_grpo.py --set seed=1 beta=0.1
@@ -68,8 +67,11 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from mllm4d_lite.train import grpo
     from mllm4d_lite.config import build_config, load_yaml, parse_overrides
+    from mllm4d_lite.train import grpo
+    from mllm4d_lite.train.callbacks import read_metrics
+    from mllm4d_lite.train.grpo_data import load_pool
+    from mllm4d_lite.train.grpo_metrics import fifth_means
 
     demo = Path(args.demo)
     adapter = Path(args.cold_start) if args.cold_start else demo / "cold_start" / "adapter"
@@ -83,7 +85,7 @@ def main() -> int:
     values = load_yaml(args.recipe)
     values.update(adapter_init=str(adapter), train_file=str(rft), output_dir=str(out / "grpo"))
     values.update(parse_overrides(args.set))
-    cfg = build_config(grpo.GRPOConfigKit, values, source=args.recipe)
+    cfg = build_config(grpo.GRPOConfig, values, source=args.recipe)
     pool = round(cfg.max_steps // 5 * cfg.prompts_per_step()) if args.pool < 0 else args.pool
     cfg.max_samples = pool or None
     cfg.validate()
@@ -92,17 +94,17 @@ def main() -> int:
     if args.start_samples > 0:  # the pool and its frames are read once, for before and after
         import torch  # noqa: F401  (before the first decode, see mllm4d_lite/curation/video.py)
 
-        from mllm4d_lite.train.data import VideoCache, check_videos
+        from mllm4d_lite.train.video_inputs import VideoCache, check_videos
 
         pool_cache = VideoCache(cfg.num_frames)
-        pool_records, _ = check_videos(grpo.load_pool(cfg), pool_cache)
+        pool_records, _ = check_videos(load_pool(cfg), pool_cache)
         pool_reward["cold_start"] = sampled_pool_reward(cfg, adapter, pool_records, pool_cache, args.start_samples)
 
     t0 = time.perf_counter()
     summary = grpo.run(cfg)
     grpo_s = time.perf_counter() - t0
-    rows = grpo.read_metrics(out / "grpo" / "metrics.jsonl")
-    comps = {name: grpo.fifth_means([r[name] for r in rows]) for name in cfg.reward_funcs}
+    rows = read_metrics(out / "grpo" / "metrics.jsonl")
+    comps = {name: fifth_means([r[name] for r in rows]) for name in cfg.reward_funcs}
     first, last = summary["reward_first_fifth"], summary["reward_last_fifth"]
     fmt_last = comps["format"][1] if "format" in comps else float("nan")
     result = {"grpo_steps": summary["steps"], "grpo_wall_s": round(grpo_s, 1), "s_per_step": summary["s_per_step"],
@@ -110,7 +112,7 @@ def main() -> int:
               "reward_first_fifth": round(first, 4), "reward_last_fifth": round(last, 4),
               "reward_rise": round(last - first, 4), "format_last_fifth": round(fmt_last, 4),
               "components_first_last_fifth": {k: [round(a, 4), round(b, 4)] for k, (a, b) in comps.items()},
-              "kl_last_fifth": round(grpo.fifth_means([r["kl"] or 0.0 for r in rows])[1], 4),
+              "kl_last_fifth": round(fifth_means([r["kl"] or 0.0 for r in rows])[1], 4),
               "train_accuracy_by_category_first_last_fifth": summary["accuracy_by_category_first_last_fifth"],
               "peak_memory_gb": summary["peak_memory_gb"], "overrides": args.set}
 
@@ -120,9 +122,10 @@ def main() -> int:
         result["pool_reward_sampled"] = {"replies_per_prompt": args.start_samples, **pool_reward}
 
     if args.eval_samples:
-        from mllm4d_lite.train.data import VideoCache, check_videos, load_records
-        from mllm4d_lite.train.model import load_model_and_processor
+        from mllm4d_lite.train.loading import load_model_and_processor
+        from mllm4d_lite.train.records import load_records
         from mllm4d_lite.train.sft import quick_eval
+        from mllm4d_lite.train.video_inputs import VideoCache, check_videos
 
         entries = load_records(bench, None if args.eval_samples < 0 else args.eval_samples, seed=0)
         cache = VideoCache(cfg.num_frames)
@@ -168,9 +171,11 @@ def sampled_pool_reward(cfg, adapter: Path, records: list, cache, replies: int) 
     min-p, length), from ``adapter``: the pool's reward outside the run, before and after, per category."""
     import torch
 
-    from mllm4d_lite.train import grpo
-    from mllm4d_lite.train.model import load_model_and_processor, video_kwargs
+    from mllm4d_lite.train.grpo_data import prompt_messages, reward_columns
+    from mllm4d_lite.train.grpo_trainer import vision_token_ids
+    from mllm4d_lite.train.loading import load_model_and_processor
     from mllm4d_lite.train.rewards import get_reward_funcs
+    from mllm4d_lite.train.video_inputs import video_kwargs
 
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -178,12 +183,12 @@ def sampled_pool_reward(cfg, adapter: Path, records: list, cache, replies: int) 
     model, processor = load_model_and_processor(cfg.model, adapter=str(adapter), device="cpu", dtype=cfg.dtype,
                                                 max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels)
     tok = processor.tokenizer
-    suppress = grpo.vision_token_ids(tok)
+    suppress = vision_token_ids(tok)
     funcs = get_reward_funcs(cfg.reward_funcs, strict_release=cfg.strict_release_rewards)
     per_prompt: list[tuple[str, float]] = []
     for start in range(0, len(records), 2):
         batch = records[start:start + 2]
-        texts = [processor.apply_chat_template(grpo.prompt_messages(r, cfg.use_st_cot_prompt), tokenize=False,
+        texts = [processor.apply_chat_template(prompt_messages(r, cfg.use_st_cot_prompt), tokenize=False,
                                                add_generation_prompt=True) for r in batch]
         enc = processor(text=texts, padding=True, return_tensors="pt",
                         **video_kwargs(processor, [cache.get(r["video_path"]) for r in batch]))
@@ -195,7 +200,7 @@ def sampled_pool_reward(cfg, adapter: Path, records: list, cache, replies: int) 
         texts_out = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         for j, rec in enumerate(batch):
             completions = texts_out[j * replies:(j + 1) * replies]
-            columns = {k: [v] * replies for k, v in grpo.reward_columns(rec).items()}
+            columns = {k: [v] * replies for k, v in reward_columns(rec).items()}
             scores = [f(completions, **columns) for f in funcs]
             total = sum(w * sum(sc) / replies for w, sc in zip(cfg.reward_weights, scores))
             per_prompt.append((str(rec.get("category")), total))

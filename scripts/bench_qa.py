@@ -19,7 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mllm4d_lite.qa import dataset as qa
+from mllm4d_lite.curation.annotation import gt_annotations_from_clips, load_annotations
+from mllm4d_lite.qa.agreement import agreement, scorecard_line
+from mllm4d_lite.qa.config import QAConfig
+from mllm4d_lite.qa.dataset import build_datasets
+from mllm4d_lite.qa.vocabulary import CATEGORIES
 
 
 def main() -> None:
@@ -29,9 +33,9 @@ def main() -> None:
     args = parser.parse_args()
 
     wall, cpu = time.perf_counter(), time.process_time()
-    gt = qa.gt_annotations_from_clips(args.clips)
+    gt = gt_annotations_from_clips(args.clips)
     with tempfile.TemporaryDirectory() as tmp:
-        summary = qa.build_datasets(gt, Path(tmp), qa.QAConfig())
+        summary = build_datasets(gt, Path(tmp), QAConfig())
         sft = [json.loads(line) for line in (Path(tmp) / "sft.jsonl").read_text().splitlines()]
         bench = json.loads((Path(tmp) / "bench.json").read_text())
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -40,7 +44,7 @@ def main() -> None:
     overlap = {r["clip_id"] for r in sft} & {r["clip_id"] for r in bench}
     print(f"clips: {summary['num_clips']}; unique questions: {unique['train'] + unique['bench']} "
           f"(train {unique['train']} + {summary['train_rephrased_repeats']} rephrased repeats, bench {unique['bench']}); "
-          f"categories: {len(present)}/{len(qa.CATEGORIES)}; clips in two splits: {len(overlap)}")
+          f"categories: {len(present)}/{len(CATEGORIES)}; clips in two splits: {len(overlap)}")
     for split in ("train", "bench"):
         counts = summary["per_category"][split]
         print(f"  {split:5s} per category: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -48,11 +52,11 @@ def main() -> None:
         print(f"  {split:5s} answer letters: " + ", ".join(f"{k} {100 * v['share']:.1f}%" for k, v in shares.items()))
     print(f"time: {wall:.2f} s wall, {cpu:.2f} s CPU (reading gt.json of {len(gt)} clips + building all files)")
     if args.annotations:
-        est = qa.load_annotations(args.annotations)
+        est = load_annotations(args.annotations)
         by_id = {a["clip_id"]: a for a in gt}
         shared = [a for a in est if a["clip_id"] in by_id]
-        result = qa.agreement(shared, [by_id[a["clip_id"]] for a in shared], qa.QAConfig())
-        print(qa.scorecard_line(result))
+        result = agreement(shared, [by_id[a["clip_id"]] for a in shared], QAConfig())
+        print(scorecard_line(result))
         for cat, c in result["per_category"].items():
             print(f"  {cat}: {c['agree']}/{c['matched']}")
 

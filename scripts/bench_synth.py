@@ -23,7 +23,9 @@ import time  # noqa: E402
 import cv2  # noqa: E402
 
 from mllm4d_lite.curation.clip import save_clip  # noqa: E402
-from mllm4d_lite.curation.synth import SceneOptions, build_scene, generate_clip, render_scene  # noqa: E402
+from mllm4d_lite.curation.render import render_scene  # noqa: E402
+from mllm4d_lite.curation.scene import SceneOptions, build_scene  # noqa: E402
+from mllm4d_lite.curation.synth import generate_clip  # noqa: E402
 
 
 def main() -> None:

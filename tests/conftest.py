@@ -41,14 +41,14 @@ def tiny_model_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen25(tiny_model_root) -> Path:
-    from mllm4d_lite.train.model import build_tiny_model
+    from mllm4d_lite.train.tiny_model import build_tiny_model
 
     return build_tiny_model(tiny_model_root / "qwen2.5-vl", family="qwen2.5-vl", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3(tiny_model_root) -> Path:
-    from mllm4d_lite.train.model import build_tiny_model
+    from mllm4d_lite.train.tiny_model import build_tiny_model
 
     return build_tiny_model(tiny_model_root / "qwen3-vl", family="qwen3-vl", seed=0)
 

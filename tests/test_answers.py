@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mllm4d_lite.eval import answers
 from mllm4d_lite.eval.answers import (
     MRA_THRESHOLDS,
     answer_letter,
@@ -16,9 +17,11 @@ from mllm4d_lite.eval.answers import (
     explain_choice,
     extract_choice,
     extract_number,
+    follows_st_cot_format,
     is_correct,
     mean_relative_accuracy,
     score_response,
+    states_center,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,6 +157,35 @@ def test_broken_entry_answer_is_an_error_naming_it():
         score_response(entry, "A")
 
 
+def test_st_cot_format_check():
+    ok = "<thinking>Camera Center: [0.00, 0.00, 0.00]; Object Center: [1.0, 0.0, 4.0]</thinking><answer>B</answer>"
+    assert follows_st_cot_format(ok)
+    assert follows_st_cot_format(ok.replace("[1.0, 0.0, 4.0]", "null"))
+    assert not follows_st_cot_format(ok.replace("<answer>B</answer>", "B"))
+    assert not follows_st_cot_format(ok.replace("Object Center", "Object"))
+    assert not follows_st_cot_format("B")
+
+
+@pytest.mark.parametrize("text, closed, lenient, release", [
+    ("Camera Center: [1, 2, 3]", True, True, True),
+    ("Camera Center: null", True, True, False),  # the release wants brackets
+    ("camera center : [1, 2, 3]", False, True, False),  # only the kit's reward reads any case and spacing
+    ("Camera Center: [1, 2", False, True, False),  # unclosed: the kit's reward counts it as stated
+    ("Camera Center: [[1, 2, 3]]", True, True, True),
+    ("Camera Center: unknown", False, False, False),
+])
+def test_the_three_readings_of_a_stated_centre(text, closed, lenient, release):
+    assert [states_center(text, "camera", r) for r in ("closed", "lenient", "release")] == [closed, lenient, release]
+    assert not states_center(text, "object", "lenient")
+
+
+def test_module_doctests():
+    import doctest
+
+    result = doctest.testmod(answers)
+    assert result.attempted >= 10 and result.failed == 0
+
+
 RELEASE = SHARED / "mllm4d_release_outputs"
 RELEASE_EXPECTED = {  # README of the release folder: file -> (questions, correct, accuracy %)
     "real_mc_MLLM-4D-SFT-1.0.json": (1371, 804, 58.64),
@@ -177,7 +209,7 @@ VLM4D = SHARED / "vlm4d"
 
 @pytest.mark.skipif(not VLM4D.is_dir(), reason=f"{VLM4D} not present (VLM4D judged outputs)")
 def test_agreement_with_vlm4d_llm_judge(capsys):
-    """The issue's targets on 81,720 judged replies: >= 98 % same option as the judge, and
+    """The extractor's targets on 81,720 judged replies: >= 98 % same option as the judge, and
     per-file accuracy within 1 point of the judged accuracy on >= 95 % of the files."""
     sys.path.insert(0, str(REPO / "scripts"))
     try:

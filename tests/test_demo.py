@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from mllm4d_lite.demo import report as demo_report
 from mllm4d_lite.demo import run as demo
+from mllm4d_lite.demo import schedule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,6 +30,7 @@ def demo_run(tmp_path_factory):
     return out, time.time() - start
 
 
+@pytest.mark.slow  # the demo_run fixture: a cut-down demo, a few minutes on 2 cores
 def test_every_stage_wrote_its_outputs(demo_run):
     out, _ = demo_run
     for stage in ("curate", "sft", "sft_blind", "cold_start", "grpo",
@@ -52,15 +55,16 @@ def test_every_stage_wrote_its_outputs(demo_run):
         assert (out / stage / "adapter" / "adapter_config.json").is_file(), stage
     assert (out / "grpo" / "reward_curve.png").is_file()
     assert (out / "report.md").is_file() and (out / "accuracy.png").is_file()
-    if demo._side_by_side(demo.REPO / "recipes/tiny"):  # the trainings got the free core back
-        assert (out / ".threads").read_text() == f"{demo._cores()}\n"
+    if schedule.side_by_side(demo.REPO / "recipes/tiny"):  # the trainings got the free core back
+        assert (out / ".threads").read_text() == f"{schedule.cores()}\n"
     machine = json.loads((out / "report.json").read_text())["machine"]  # what the figures depend on
     import torch
 
-    assert machine["cores"] == demo._cores() and machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["cores"] == schedule.cores() and machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert f"Machine: {machine['cpu']}, {machine['cores']} core(s)" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # the demo_run fixture: a cut-down demo, a few minutes on 2 cores
 def test_report_numbers_equal_eval_json(demo_run):
     out, _ = demo_run
     report = json.loads((out / "report.json").read_text())
@@ -83,7 +87,7 @@ def test_report_numbers_equal_eval_json(demo_run):
     beside = report["stages_run_beside"]
     assert beside == ({"sft_blind": "sft+cold_start", "eval/base": "cold_start", "eval/blind": "cold_start",
                        "eval/sft": "cold_start", "eval/cold_start": "grpo"} if (os.cpu_count() or 1) >= 2 else {})
-    assert report["total_wall_s"] == demo._total_wall(report["stage_wall_s"], beside)
+    assert report["total_wall_s"] == demo_report._total_wall(report["stage_wall_s"], beside)
     assert (out / "sft_blind" / "adapter" / "adapter_config.json").is_file()
     # SFT vs blind and GRPO vs cold start, with the standard error of the difference
     acc = {m["key"]: m["accuracy"] for m in report["models"]}
@@ -110,11 +114,11 @@ def test_report_numbers_equal_eval_json(demo_run):
      "prompts). Training accuracy by category, first -> last fifth: counting 50 -> 75 %."),
 ])
 def test_grpo_reward_line_says_whether_the_fifths_compare_the_same_prompts(summary, says):
-    assert says in demo._grpo_reward_line(summary)
+    assert says in demo_report._grpo_reward_line(summary)
 
 
 def test_gap_standard_error_is_the_binomial_one():
-    from mllm4d_lite.demo.run import _gap
+    from mllm4d_lite.demo.report import _gap
 
     g = _gap({"key": "sft", "accuracy": 60.0, "n": 100}, {"key": "blind", "accuracy": 40.0, "n": 100})
     assert g["diff_points"] == 20.0
@@ -125,6 +129,7 @@ def test_gap_standard_error_is_the_binomial_one():
     assert _gap({"key": "a", "accuracy": 26.1, "n": 113}, {"key": "b", "accuracy": 23.5, "n": 113})["within_noise"]
 
 
+@pytest.mark.slow  # the demo_run fixture: a cut-down demo, a few minutes on 2 cores
 def test_second_run_skips_finished_stages(demo_run):
     out, _ = demo_run
     before = (out / "report.json").read_text()
@@ -184,7 +189,7 @@ def test_bad_profile_is_a_clear_error(capsys):
 
 
 def test_total_wall_counts_a_stage_run_beside_another_once():
-    from mllm4d_lite.demo.run import _total_wall
+    from mllm4d_lite.demo.report import _total_wall
 
     times = {"curate": 10.0, "sft": 100.0, "sft_blind": 120.0, "grpo": 50.0}
     assert _total_wall(times, {"sft_blind": "sft"}) == 10 + 100 + 20 + 50
@@ -205,22 +210,22 @@ def test_total_wall_counts_a_stage_run_beside_another_once():
     assert _total_wall({"sft": 100.0, "sft_blind": 120.0, "grpo": 50.0}, {"sft_blind": "sft"}) == 170
 
 
-def test_beside_gives_the_training_the_free_core_once_its_jobs_are_done(tmp_path):
-    from mllm4d_lite.demo.run import _Beside, _cores
+def test_side_jobs_give_the_training_the_free_core_once_they_are_done(tmp_path):
+    from mllm4d_lite.demo.schedule import SideJobs, cores
 
     threads = tmp_path / ".threads"
     seen = []
-    with _Beside(True, [lambda: seen.append(threads.read_text()), lambda: seen.append(threads.read_text())], threads):
+    with SideJobs(True, [lambda: seen.append(threads.read_text()), lambda: seen.append(threads.read_text())], threads):
         pass
-    assert seen == ["1\n", "1\n"] and threads.read_text() == f"{_cores()}\n"
+    assert seen == ["1\n", "1\n"] and threads.read_text() == f"{cores()}\n"
     # a failing job still hands the core back, and its error is raised
     with pytest.raises(RuntimeError, match="job failed"):
-        with _Beside(True, [lambda: (_ for _ in ()).throw(RuntimeError("job failed"))], threads):
+        with SideJobs(True, [lambda: (_ for _ in ()).throw(RuntimeError("job failed"))], threads):
             pass
-    assert threads.read_text() == f"{_cores()}\n"
+    assert threads.read_text() == f"{cores()}\n"
     # not side by side: the jobs run after the body, on their own, and no file is written
     solo = tmp_path / "solo"
-    with _Beside(False, [lambda: seen.append("after")], solo):
+    with SideJobs(False, [lambda: seen.append("after")], solo):
         seen.append("body")
     assert seen[-2:] == ["body", "after"] and not solo.exists()
 
@@ -229,7 +234,7 @@ def test_training_follows_the_thread_file(tmp_path, monkeypatch):
     import torch
     from transformers import TrainerControl, TrainerState
 
-    from mllm4d_lite.train.model import THREADS_FILE_ENV, thread_share_callback
+    from mllm4d_lite.train.callbacks import THREADS_FILE_ENV, thread_share_callback
 
     monkeypatch.delenv(THREADS_FILE_ENV, raising=False)
     assert thread_share_callback() is None
@@ -257,7 +262,7 @@ def test_training_follows_the_thread_file(tmp_path, monkeypatch):
 
 
 def test_category_gaps_only_where_enough_questions():
-    from mllm4d_lite.demo.run import _category_gaps
+    from mllm4d_lite.demo.report import _category_gaps
 
     rows = {"sft": {"categories": {"dir": 60.0, "count": 80.0}, "category_n": {"dir": 50, "count": 4}},
             "blind": {"categories": {"dir": 40.0, "count": 50.0}, "category_n": {"dir": 50, "count": 4}}}

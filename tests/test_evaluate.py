@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mllm4d_lite.eval.answers import score_response
-from mllm4d_lite.eval.evaluate import BenchError, check_entries, load_entries, main, resolve_video, scored
+from mllm4d_lite.eval.bench_files import BenchError, check_entries, load_entries, resolve_video
+from mllm4d_lite.eval.evaluate import main, scored
 from mllm4d_lite.eval.report import build_report, category_table, report_markdown, write_report
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

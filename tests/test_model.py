@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mllm4d_lite.train import model as M
+from mllm4d_lite.train.families import SPECIAL_TOKENS, ModelSetupError, family_of
+from mllm4d_lite.train.loading import (check_gpu_only_settings, cuda_available, load_model_and_processor, pick_device,
+                                       warn_if_adapter_base_differs)
+from mllm4d_lite.train.tiny_model import TINY_BUILD_VERSION, build_tiny_model, tiny_model_dir
+from mllm4d_lite.train.video_inputs import (build_messages, count_visual_tokens, generate_answers, load_video_for_model,
+                                            video_kwargs)
 
 
 @pytest.fixture(params=["qwen2.5-vl", "qwen3-vl"])
@@ -22,34 +27,34 @@ def test_roundtrip_forward_generate(tiny, random_video):
 
     net = AutoModelForImageTextToText.from_pretrained(path).eval()
     proc = AutoProcessor.from_pretrained(path)
-    assert M.family_of(net) == family and M.family_of(proc) == family
-    frames, meta = M.load_video_for_model(random_video, num_frames=8)
+    assert family_of(net) == family and family_of(proc) == family
+    frames, meta = load_video_for_model(random_video, num_frames=8)
     assert frames.shape == (8, 120, 160, 3) and meta["frames_indices"][0] == 0 and meta["frames_indices"][-1] == 15
 
-    text = proc.apply_chat_template(M.build_messages("Which way does the red cube move?"), tokenize=False,
+    text = proc.apply_chat_template(build_messages("Which way does the red cube move?"), tokenize=False,
                                     add_generation_prompt=True)
     assert text.count("<|video_pad|>") == 1
     assert ("<|vision_start|><|video_pad|>" in text) == (family == "qwen2.5-vl")
-    inputs = proc(text=[text], return_tensors="pt", **M.video_kwargs(proc, [(frames, meta)]))
+    inputs = proc(text=[text], return_tensors="pt", **video_kwargs(proc, [(frames, meta)]))
     t, h, w = inputs["video_grid_thw"][0].tolist()
     assert t == 4  # 8 frames / temporal patch 2
     video_id = proc.tokenizer.convert_tokens_to_ids("<|video_pad|>")
     merge = proc.video_processor.merge_size
     assert int((inputs["input_ids"] == video_id).sum()) == t * h * w // (merge * merge)
-    cost = M.count_visual_tokens(proc, frames, meta)
+    cost = count_visual_tokens(proc, frames, meta)
     assert cost["visual_tokens"] == t * h * w // (merge * merge)
 
     with torch.no_grad():
         logits = net(**inputs).logits
     assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
-    replies = M.generate_answers(net, proc, ["Which way?"], [(frames, meta)], max_new_tokens=8)
+    replies = generate_answers(net, proc, ["Which way?"], [(frames, meta)], max_new_tokens=8)
     assert len(replies) == 1 and isinstance(replies[0], str)
 
 
 def test_build_is_deterministic(tmp_path):
-    a = M.build_tiny_model(tmp_path / "a", seed=3)
-    b = M.build_tiny_model(tmp_path / "b", seed=3)
-    c = M.build_tiny_model(tmp_path / "c", seed=4)
+    a = build_tiny_model(tmp_path / "a", seed=3)
+    b = build_tiny_model(tmp_path / "b", seed=3)
+    c = build_tiny_model(tmp_path / "c", seed=4)
     from safetensors.torch import load_file
 
     wa, wb, wc = (load_file(p / "model.safetensors") for p in (a, b, c))
@@ -65,7 +70,7 @@ def test_build_leaves_the_callers_random_state_alone(tmp_path):
     torch.manual_seed(7)
     expected = torch.rand(4)
     torch.manual_seed(7)
-    M.tiny_model_dir("qwen2.5-vl", root=tmp_path, vision="motion")
+    tiny_model_dir("qwen2.5-vl", root=tmp_path, vision="motion")
     assert torch.equal(torch.rand(4), expected)
 
 
@@ -76,12 +81,12 @@ def test_motion_vision_tower(tmp_path, tiny_qwen25):
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    with pytest.raises(M.ModelSetupError, match="qwen2.5-vl only"):
-        M.build_tiny_model(tmp_path / "q3", family="qwen3-vl", vision="motion")
-    with pytest.raises(M.ModelSetupError, match="unknown tiny vision"):
-        M.build_tiny_model(tmp_path / "x", vision="flow")
-    path = M.tiny_model_dir("qwen2.5-vl", root=tmp_path, vision="motion")  # what model: tiny-motion loads
-    assert path.name == f"qwen2.5-vl-seed0-{M.TINY_BUILD_VERSION}-motion"
+    with pytest.raises(ModelSetupError, match="qwen2.5-vl only"):
+        build_tiny_model(tmp_path / "q3", family="qwen3-vl", vision="motion")
+    with pytest.raises(ModelSetupError, match="unknown tiny vision"):
+        build_tiny_model(tmp_path / "x", vision="flow")
+    path = tiny_model_dir("qwen2.5-vl", root=tmp_path, vision="motion")  # what model: tiny-motion loads
+    assert path.name == f"qwen2.5-vl-seed0-{TINY_BUILD_VERSION}-motion"
     assert "vision tower motion" in (path / "TINY_MODEL.txt").read_text()
     w_rand, w_mot = load_file(tiny_qwen25 / "model.safetensors"), load_file(path / "model.safetensors")
     changed = {k for k in w_rand if not torch.equal(w_rand[k], w_mot[k])}
@@ -106,7 +111,7 @@ def test_motion_vision_tower(tmp_path, tiny_qwen25):
 
     def embed(frames):
         enc = proc(text=["<|vision_start|><|video_pad|><|vision_end|>"], return_tensors="pt",
-                   **M.video_kwargs(proc, [(frames, meta)]))
+                   **video_kwargs(proc, [(frames, meta)]))
         with torch.no_grad():
             return net.model.visual.patch_embed(enc["pixel_values_videos"])
 
@@ -120,25 +125,25 @@ def test_motion_vision_tower(tmp_path, tiny_qwen25):
 
 
 def test_reload_gives_identical_logits(tiny_qwen25, random_video):
-    net1, proc = M.load_model_and_processor(str(tiny_qwen25))
-    net2, _ = M.load_model_and_processor(str(tiny_qwen25))
-    frames, meta = M.load_video_for_model(random_video, 4)
-    text = proc.apply_chat_template(M.build_messages("hi"), tokenize=False, add_generation_prompt=True)
-    inputs = proc(text=[text], return_tensors="pt", **M.video_kwargs(proc, [(frames, meta)]))
+    net1, proc = load_model_and_processor(str(tiny_qwen25))
+    net2, _ = load_model_and_processor(str(tiny_qwen25))
+    frames, meta = load_video_for_model(random_video, 4)
+    text = proc.apply_chat_template(build_messages("hi"), tokenize=False, add_generation_prompt=True)
+    inputs = proc(text=[text], return_tensors="pt", **video_kwargs(proc, [(frames, meta)]))
     with torch.no_grad():
         assert torch.equal(net1(**inputs).logits, net2(**inputs).logits)
 
 
 def test_video_reaches_the_model(tiny_qwen25, random_video):
     """Blanking the frames changes the logits: the video is not silently dropped."""
-    net, proc = M.load_model_and_processor(str(tiny_qwen25))
-    frames, meta = M.load_video_for_model(random_video, 4)
-    blank, _ = M.load_video_for_model(random_video, 4, blank=True)
+    net, proc = load_model_and_processor(str(tiny_qwen25))
+    frames, meta = load_video_for_model(random_video, 4)
+    blank, _ = load_video_for_model(random_video, 4, blank=True)
     assert not blank.any()
-    text = proc.apply_chat_template(M.build_messages("hi"), tokenize=False, add_generation_prompt=True)
+    text = proc.apply_chat_template(build_messages("hi"), tokenize=False, add_generation_prompt=True)
     outs = []
     for f in (frames, blank):
-        inputs = proc(text=[text], return_tensors="pt", **M.video_kwargs(proc, [(f, meta)]))
+        inputs = proc(text=[text], return_tensors="pt", **video_kwargs(proc, [(f, meta)]))
         with torch.no_grad():
             outs.append(net(**inputs).logits[0, -1])
     assert (outs[0] - outs[1]).abs().max() > 1e-4
@@ -148,7 +153,7 @@ def test_tokenizer_roundtrip_and_specials(tiny_qwen25):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen25)
-    for special in M.SPECIAL_TOKENS:
+    for special in SPECIAL_TOKENS:
         ids = tok.encode(special, add_special_tokens=False)
         assert len(ids) == 1, special
     text = "<thinking>Camera Center: [0.12, -1.50, 3.00]</thinking><answer>B</answer> élan"
@@ -156,26 +161,26 @@ def test_tokenizer_roundtrip_and_specials(tiny_qwen25):
 
 
 def test_gpu_only_settings_give_clear_errors():
-    if M.cuda_available():
+    if cuda_available():
         pytest.skip("CUDA present: GPU-only settings are allowed here")
-    with pytest.raises(M.ModelSetupError, match="use_unsloth: true.*needs a CUDA GPU.*recipes/tiny"):
-        M.check_gpu_only_settings("cpu", use_unsloth=True)
-    with pytest.raises(M.ModelSetupError, match="use_vllm"):
-        M.check_gpu_only_settings("cpu", use_vllm=True)
-    with pytest.raises(M.ModelSetupError, match="device: cuda"):
-        M.pick_device("cuda")
+    with pytest.raises(ModelSetupError, match="use_unsloth: true.*needs a CUDA GPU.*recipes/tiny"):
+        check_gpu_only_settings("cpu", use_unsloth=True)
+    with pytest.raises(ModelSetupError, match="use_vllm"):
+        check_gpu_only_settings("cpu", use_vllm=True)
+    with pytest.raises(ModelSetupError, match="device: cuda"):
+        pick_device("cuda")
 
 
 def test_4bit_on_cpu_warns(tiny_qwen25):
     pytest.importorskip("bitsandbytes")
     with pytest.warns(UserWarning, match="slow"):
-        net, _ = M.load_model_and_processor(str(tiny_qwen25), quant="4bit", device="cpu")
+        net, _ = load_model_and_processor(str(tiny_qwen25), quant="4bit", device="cpu")
     assert any("4bit" in type(m).__name__ or "Linear4bit" in type(m).__name__ for m in net.modules())
 
 
 def test_missing_adapter_is_clear(tiny_qwen25, tmp_path):
-    with pytest.raises(M.ModelSetupError, match="adapter_config.json"):
-        M.load_model_and_processor(str(tiny_qwen25), adapter=str(tmp_path))
+    with pytest.raises(ModelSetupError, match="adapter_config.json"):
+        load_model_and_processor(str(tiny_qwen25), adapter=str(tmp_path))
 
 
 def test_two_processes_building_the_same_tiny_model_both_succeed(tmp_path):
@@ -184,7 +189,7 @@ def test_two_processes_building_the_same_tiny_model_both_succeed(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from mllm4d_lite.train.model import tiny_model_dir; "
+    code = ("import sys; from mllm4d_lite.train.tiny_model import tiny_model_dir; "
             "print(tiny_model_dir('qwen2.5-vl', root=sys.argv[1], vision='motion'))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -205,14 +210,14 @@ def test_an_adapter_for_another_base_is_named_in_a_warning(tmp_path, caplog):
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    motion = M.tiny_model_dir("qwen2.5-vl", vision="motion")
+    motion = tiny_model_dir("qwen2.5-vl", vision="motion")
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(motion)}))
-    with caplog.at_level("WARNING", logger="mllm4d_lite.train.model"):
-        assert M.warn_if_adapter_base_differs(adapter, "tiny-motion") is None
-        assert M.warn_if_adapter_base_differs(adapter, str(motion)) is None
-        message = M.warn_if_adapter_base_differs(adapter, "tiny")
+    with caplog.at_level("WARNING", logger="mllm4d_lite.train.loading"):
+        assert warn_if_adapter_base_differs(adapter, "tiny-motion") is None
+        assert warn_if_adapter_base_differs(adapter, str(motion)) is None
+        message = warn_if_adapter_base_differs(adapter, "tiny")
     assert message and f"was trained on {motion} but the model is tiny" in message
     assert message in caplog.text
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct"}))
-    assert M.warn_if_adapter_base_differs(adapter, "Qwen/Qwen2.5-VL-3B-Instruct") is None
-    assert "Qwen/Qwen3-VL-4B-Instruct" in M.warn_if_adapter_base_differs(adapter, "Qwen/Qwen3-VL-4B-Instruct")
+    assert warn_if_adapter_base_differs(adapter, "Qwen/Qwen2.5-VL-3B-Instruct") is None
+    assert "Qwen/Qwen3-VL-4B-Instruct" in warn_if_adapter_base_differs(adapter, "Qwen/Qwen3-VL-4B-Instruct")

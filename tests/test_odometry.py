@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mllm4d_lite.curation import odometry, stereo, synth
-from mllm4d_lite.curation.curate import trajectory_ate
+from mllm4d_lite.curation import bundle_adjust, odometry, stereo, synth
+from mllm4d_lite.curation.scorecard import trajectory_ate
 
 MOTIONS = {"static": 201, "forward": 202, "right": 203, "pan_left": 204, "forward_pan_left": 205}
 
@@ -59,7 +59,7 @@ def test_bundle_adjustment_recovers_perturbed_poses():
     n, n_pts = 10, 250
     pts = np.c_[rng.uniform(-4, 4, n_pts), rng.uniform(-1, 1.2, n_pts), rng.uniform(3, 20, n_pts)]
     rvec = np.c_[np.zeros(n), np.linspace(0, 0.4, n), np.zeros(n)]
-    rot = odometry.rodrigues(rvec)
+    rot = bundle_adjust.rodrigues(rvec)
     centres = np.c_[np.linspace(0, 0.8, n), np.zeros(n), np.linspace(0, 0.5, n)]
     t = -np.einsum("nij,nj->ni", rot, centres)
     f = np.repeat(np.arange(n), n_pts)
@@ -70,11 +70,11 @@ def test_bundle_adjustment_recovers_perturbed_poses():
     f, p, uv, pc = f[keep], p[keep], uv[keep] + rng.normal(0, 0.2, (keep.sum(), 2)), pc[keep]
     disp = fb / pc[:, 2] + rng.normal(0, 0.3, len(f))
     moved = (np.arange(n) > 0)[:, None]
-    rot0 = odometry.rodrigues(rvec + rng.normal(0, 0.01, (n, 3)) * moved)
+    rot0 = bundle_adjust.rodrigues(rvec + rng.normal(0, 0.01, (n, 3)) * moved)
     t0 = t + rng.normal(0, 0.05, (n, 3)) * moved
     pts0 = pts + rng.normal(0, 0.2, pts.shape)
     before = np.abs(-np.einsum("nji,nj->ni", rot0, t0) - centres).max()
-    rot1, t1, _, costs = odometry._ba_solve(rot0, t0, pts0, f, p, uv, disp, K, fb, np.full(len(f), 0.5), 10)
+    rot1, t1, _, costs = bundle_adjust.ba_solve(rot0, t0, pts0, f, p, uv, disp, K, fb, np.full(len(f), 0.5), 10)
     after = np.abs(-np.einsum("nji,nj->ni", rot1, t1) - centres).max()
     assert before > 0.05 and after < 0.01, (before, after)
     assert costs[-1] < costs[0]
@@ -83,7 +83,7 @@ def test_bundle_adjustment_recovers_perturbed_poses():
 def test_rodrigues_matches_opencv():
     rng = np.random.default_rng(3)
     rv = rng.normal(0, 1, (5, 3))
-    ours = odometry.rodrigues(rv)
+    ours = bundle_adjust.rodrigues(rv)
     for r, m in zip(rv, ours):
         assert np.allclose(cv2.Rodrigues(r)[0], m, atol=1e-12)
 

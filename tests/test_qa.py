@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 
 from mllm4d_lite import prompts
-
-from mllm4d_lite.qa import dataset as qa
 from mllm4d_lite.config import ConfigError
-from mllm4d_lite.qa.dataset import QAConfig
+from mllm4d_lite.curation import synth
+from mllm4d_lite.curation.annotation import AnnotationError, annotation_from_gt, annotation_from_gt_dir, load_annotations
+from mllm4d_lite.eval import answers
+from mllm4d_lite.qa import stage
+from mllm4d_lite.qa.agreement import agreement
+from mllm4d_lite.qa.builders import generate_questions
+from mllm4d_lite.qa.config import QAConfig
+from mllm4d_lite.qa.dataset import _limit_answer_share, build_datasets, split_clips
+from mllm4d_lite.qa.motion import smooth_track
+from mllm4d_lite.qa.vocabulary import CATEGORIES, option_rank
+from mllm4d_lite.train import rewards
 
 N = 16
 FPS = 8.0
@@ -57,7 +65,7 @@ def make_ann(clip_id="clip", objects=(), cam_end=(0.0, 0.0, 0.0), cam_turn_deg=0
 
 
 def questions(ann, cfg=None, category=None):
-    qs = qa.generate_questions(ann, cfg or QAConfig(), capped=False)
+    qs = generate_questions(ann, cfg or QAConfig(), capped=False)
     return [q for q in qs if category is None or q.category == category]
 
 
@@ -192,14 +200,14 @@ def test_numeric_questions():
 def test_smooth_track():
     t = np.arange(16, dtype=float)
     truth = np.stack([0.1 * t, 0.5 + 0 * t, 4 - 0.01 * t ** 2], 1)  # constant acceleration: kept exactly
-    np.testing.assert_allclose(qa.smooth_track(truth, 2, 0.1), truth, atol=1e-9)
+    np.testing.assert_allclose(smooth_track(truth, 2, 0.1), truth, atol=1e-9)
     noisy = truth + np.random.default_rng(0).normal(0, 0.03, truth.shape)
     noisy[0] += [0.5, 0, 0]  # one bad first frame (object half out of view)
     noisy[5] = np.nan
-    fit = qa.smooth_track(noisy, 2, 0.1)
+    fit = smooth_track(noisy, 2, 0.1)
     assert np.isnan(fit[5]).all()
     assert np.linalg.norm(fit[0] - truth[0]) < 0.06 and np.abs(fit[[1, 2, 3, 15]] - truth[[1, 2, 3, 15]]).max() < 0.06
-    np.testing.assert_array_equal(qa.smooth_track(noisy, 0, 0.1), noisy)  # degree 0: raw
+    np.testing.assert_array_equal(smooth_track(noisy, 0, 0.1), noisy)  # degree 0: raw
     # a direction question is not decided by that single bad frame
     ann = make_ann(objects=[{"label": "red cube", "start": [0, 0.5, 4], "end": [0, 0.5, 4]}])
     ann["objects"][0]["centers"][0] = [0.6, 0.5, 4.0]
@@ -279,15 +287,15 @@ def test_build_datasets_formats_splits_and_balance(tmp_path):
     rng = random.Random(0)
     anns = [random_scene(i, rng) for i in range(32)]
     out = tmp_path / "qa"
-    summary = qa.build_datasets(anns, out, QAConfig())
+    summary = build_datasets(anns, out, QAConfig())
     sft = [json.loads(l) for l in (out / "sft.jsonl").read_text().splitlines()]
     cot = [json.loads(l) for l in (out / "cot.jsonl").read_text().splitlines()]
     rft = [json.loads(l) for l in (out / "rft.jsonl").read_text().splitlines()]
     bench = json.loads((out / "bench.json").read_text())
     assert json.loads((out / "qa_summary.json").read_text()) == summary
     assert summary["total_questions"] >= 500
-    assert set(summary["per_category"]["train"]) == set(qa.CATEGORIES)
-    assert set(summary["per_category"]["bench"]) == set(qa.CATEGORIES)
+    assert set(summary["per_category"]["train"]) == set(CATEGORIES)
+    assert set(summary["per_category"]["bench"]) == set(CATEGORIES)
 
     train_clips = {r["clip_id"] for r in sft}
     bench_clips = {r["clip_id"] for r in bench}
@@ -341,8 +349,8 @@ def test_build_datasets_formats_splits_and_balance(tmp_path):
 def test_rft_fraction_sets_clips_aside_for_grpo(tmp_path):
     rng = random.Random(0)
     anns = [random_scene(i, rng) for i in range(32)]
-    plain = qa.build_datasets(anns, tmp_path / "plain", QAConfig())
-    summary = qa.build_datasets(anns, tmp_path / "split", QAConfig(rft_fraction=0.25))
+    plain = build_datasets(anns, tmp_path / "plain", QAConfig())
+    summary = build_datasets(anns, tmp_path / "split", QAConfig(rft_fraction=0.25))
     read = lambda name: [json.loads(l) for l in (tmp_path / "split" / name).read_text().splitlines()]
     sft, cot, rft = read("sft.jsonl"), read("cot.jsonl"), read("rft.jsonl")
     bench = json.loads((tmp_path / "split" / "bench.json").read_text())
@@ -360,8 +368,8 @@ def test_rft_fraction_sets_clips_aside_for_grpo(tmp_path):
         if r["choices"]:
             assert r["choices"][r["answer_letter"]] == r["answer"]
     # small clip counts keep one clip in every split
-    assert set(qa.split_clips(["a", "b", "c"], QAConfig(rft_fraction=0.1)).values()) == {"train", "rft", "bench"}
-    assert set(qa.split_clips(["a", "b"], QAConfig(rft_fraction=0.4)).values()) == {"train", "bench"}
+    assert set(split_clips(["a", "b", "c"], QAConfig(rft_fraction=0.1)).values()) == {"train", "rft", "bench"}
+    assert set(split_clips(["a", "b"], QAConfig(rft_fraction=0.4)).values()) == {"train", "bench"}
     for bad in (QAConfig(rft_fraction=-0.1), QAConfig(rft_fraction=0.8)):
         with pytest.raises(ConfigError, match="rft_fraction"):
             bad.validate()
@@ -370,11 +378,11 @@ def test_rft_fraction_sets_clips_aside_for_grpo(tmp_path):
 def test_build_datasets_is_deterministic(tmp_path):
     rng = random.Random(1)
     anns = [random_scene(i, rng) for i in range(6)]
-    qa.build_datasets(anns, tmp_path / "a", QAConfig(qa_seed=3))
-    qa.build_datasets(list(reversed(anns)), tmp_path / "b", QAConfig(qa_seed=3))
+    build_datasets(anns, tmp_path / "a", QAConfig(qa_seed=3))
+    build_datasets(list(reversed(anns)), tmp_path / "b", QAConfig(qa_seed=3))
     for name in ("sft.jsonl", "cot.jsonl", "rft.jsonl", "bench.json"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
-    qa.build_datasets(anns, tmp_path / "c", QAConfig(qa_seed=4))
+    build_datasets(anns, tmp_path / "c", QAConfig(qa_seed=4))
     assert (tmp_path / "a" / "sft.jsonl").read_text() != (tmp_path / "c" / "sft.jsonl").read_text()
 
 
@@ -382,8 +390,8 @@ def test_fixed_option_order(tmp_path):
     """qa_option_order fixed: the same questions and option sets, listed in the canonical order."""
     rng = random.Random(2)
     anns = [random_scene(i, rng) for i in range(12)]
-    qa.build_datasets(anns, tmp_path / "bal", QAConfig())
-    qa.build_datasets(anns, tmp_path / "fix", QAConfig(qa_option_order="fixed"))
+    build_datasets(anns, tmp_path / "bal", QAConfig())
+    build_datasets(anns, tmp_path / "fix", QAConfig(qa_option_order="fixed"))
     bal = {r["id"]: r for r in map(json.loads, (tmp_path / "bal" / "sft.jsonl").read_text().splitlines())}
     fix = [json.loads(l) for l in (tmp_path / "fix" / "sft.jsonl").read_text().splitlines()]
     assert len(fix) == len(bal)
@@ -398,31 +406,31 @@ def test_fixed_option_order(tmp_path):
             continue
         assert sorted(r["choices"].values()) == sorted(b["choices"].values())
         texts = [r["choices"][lt] for lt in "ABCD"]
-        assert texts == sorted(texts, key=qa._option_rank)
+        assert texts == sorted(texts, key=option_rank)
         assert r["choices"][r["answer_letter"]] == r["answer"] and r["response"] == r["answer_letter"]
         assert r["prompt"] == prompts.direct_prompt(r["question"], r["choices"])
         moved += r["choices"] != b["choices"]
     assert moved > len(mc) // 2
     # the canonical order puts direction words first: "left" is A wherever it is an option
     assert all(r["choices"]["A"] == "left" for r in mc if "left" in r["choices"].values())
-    with pytest.raises(qa.ConfigError, match="qa_option_order"):
+    with pytest.raises(ConfigError, match="qa_option_order"):
         QAConfig(qa_option_order="sorted").validate()
 
 
 def test_bad_annotation_errors(tmp_path):
     ann = make_ann(objects=[{"label": "red cube", "start": [0, 0, 4], "end": [1, 0, 4]}])
     bad = dict(ann, camera_centers=ann["camera_centers"][:-1])
-    with pytest.raises(qa.QAError, match="camera_centers"):
-        qa.build_datasets([bad], tmp_path / "out", QAConfig())
+    with pytest.raises(AnnotationError, match="camera_centers"):
+        build_datasets([bad], tmp_path / "out", QAConfig())
     assert not (tmp_path / "out").exists()
-    with pytest.raises(qa.QAError, match="clip_dir"):
-        qa.build_datasets([dict(ann, clip_dir="")], tmp_path / "out", QAConfig())
-    with pytest.raises(qa.QAError, match="twice"):
-        qa.build_datasets([ann, ann], tmp_path / "out", QAConfig())
+    with pytest.raises(AnnotationError, match="clip_dir"):
+        build_datasets([dict(ann, clip_dir="")], tmp_path / "out", QAConfig())
+    with pytest.raises(AnnotationError, match="twice"):
+        build_datasets([ann, ann], tmp_path / "out", QAConfig())
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "x.json").write_text("{not json")
-    with pytest.raises(qa.QAError, match="x.json"):
-        qa.load_annotations(tmp_path / "ann")
+    with pytest.raises(AnnotationError, match="x.json"):
+        load_annotations(tmp_path / "ann")
 
 
 # ---------------------------------------------------------------- ground truth and agreement
@@ -445,7 +453,7 @@ def test_annotation_from_gt_masks_invisible(tmp_path):
     ann = make_ann("c1", objects=[{"label": "red cube", "start": [1, 0.5, 4], "end": [-1, 0.5, 4], "visible": vis}],
                    cam_end=(0, 0, 1))
     d = gt_clip_dir(tmp_path, ann)
-    got = qa.annotation_from_gt_dir(d)
+    got = annotation_from_gt_dir(d)
     assert got["objects"][0]["centers"][:4] == [None] * 4 and got["objects"][0]["yaw_rad"][0] is None
     np.testing.assert_allclose(got["objects"][0]["centers"][4:], ann["objects"][0]["centers"][4:])
     np.testing.assert_allclose(got["camera_centers"], ann["camera_centers"])
@@ -455,7 +463,7 @@ def test_annotation_from_gt_masks_invisible(tmp_path):
     gt = json.loads((d / "gt.json").read_text())
     frames = np.zeros((N, 4, 4, 3), np.uint8)
     clip = Clip("c1", frames, frames, np.eye(3), 0.1, FPS, source="synthetic", gt=gt, path=d)
-    assert qa.annotation_from_gt(clip) == got
+    assert annotation_from_gt(clip) == got
 
 
 def test_agreement_and_cli_scorecard(tmp_path, capsys):
@@ -466,29 +474,29 @@ def test_agreement_and_cli_scorecard(tmp_path, capsys):
     for ann in ests:  # 3 cm centre noise: every kept answer must survive it
         for o in ann["objects"]:
             o["centers"] = [(np.asarray(c) + noise.normal(0, 0.03, 3)).tolist() for c in o["centers"]]
-    result = qa.agreement(ests, gts, QAConfig())
+    result = agreement(ests, gts, QAConfig())
     assert result["mc_matched"] > 100 and result["mc_agreement"] >= 0.95
     assert result["numeric_matched"] > 20 and result["numeric_within_tol"] >= 0.95
-    same = qa.agreement(gts, gts, QAConfig())
+    same = agreement(gts, gts, QAConfig())
     assert same["mc_agreement"] == 1.0 and same["numeric_within_tol"] == 1.0 and same["est_only"] == 0
     # a wrong estimate is caught: mirror every object's x motion
     flipped = json.loads(json.dumps(gts))
     for ann in flipped:
         for o in ann["objects"]:
             o["centers"] = [[-c[0], c[1], c[2]] for c in o["centers"]]
-    assert qa.agreement(flipped, gts, QAConfig())["mc_agreement"] < 0.9
+    assert agreement(flipped, gts, QAConfig())["mc_agreement"] < 0.9
 
     clips, ann_dir = tmp_path / "clips", tmp_path / "ann"
     ann_dir.mkdir()
     for gt, est in zip(gts, ests):
         d = gt_clip_dir(clips, gt)
         (ann_dir / f"{est['clip_id']}.json").write_text(json.dumps(dict(est, clip_dir=str(d))))
-    assert qa.main(["--annotations", str(ann_dir), "--clips", str(clips), "--out", str(tmp_path / "o"),
+    assert stage.main(["--annotations", str(ann_dir), "--clips", str(clips), "--out", str(tmp_path / "o"),
                     "--score", "--qa-seed", "5"]) == 0
     line = capsys.readouterr().out
     assert "qa agreement est vs gt: multiple-choice" in line and "median relative error" in line
     assert (tmp_path / "o" / "bench.json").is_file() and (tmp_path / "o" / "qa_config.yaml").is_file()
-    assert qa.main(["--use-gt", "--clips", str(clips), "--out", str(tmp_path / "g")]) == 0
+    assert stage.main(["--use-gt", "--clips", str(clips), "--out", str(tmp_path / "g")]) == 0
     assert json.loads((tmp_path / "g" / "qa_summary.json").read_text())["num_clips"]["bench"] == 3
 
 
@@ -510,26 +518,24 @@ def test_answer_share_cap():
     objs += [{"label": "car", "start": [0, 0.5, 4], "end": [-1, 0.5, 4]},
              {"label": "bus", "start": [0, 0.5, 8], "end": [1, 0.5, 8]}]
     qs = questions(make_ann(objects=objs), category="object_direction")
-    kept, dropped = qa._limit_answer_share(qs, QAConfig(qa_max_answer_share=0.5), "train")
-    answers = Counter(q.answer for q in kept)
-    assert answers == {"not moving": 2, "left": 1, "right": 1} and dropped == 8
-    assert qa._limit_answer_share(qs, QAConfig(qa_max_answer_share=1.0), "train")[0] == qs
+    kept, dropped = _limit_answer_share(qs, QAConfig(qa_max_answer_share=0.5), "train")
+    kept_answers = Counter(q.answer for q in kept)
+    assert kept_answers == {"not moving": 2, "left": 1, "right": 1} and dropped == 8
+    assert _limit_answer_share(qs, QAConfig(qa_max_answer_share=1.0), "train")[0] == qs
 
 
 def test_cot_targets_score_full_reward(tmp_path):
     """The ST-CoT targets earn every ST-reward term in full against their own RFT records."""
-    rewards = pytest.importorskip("mllm4d_lite.train.rewards")
     rng = random.Random(3)
-    qa.build_datasets([random_scene(i, rng) for i in range(8)], tmp_path, QAConfig(bench_fraction=0.0))
+    build_datasets([random_scene(i, rng) for i in range(8)], tmp_path, QAConfig(bench_fraction=0.0))
     cot = [json.loads(l) for l in (tmp_path / "cot.jsonl").read_text().splitlines()]
     rft = {r["id"]: r for r in (json.loads(l) for l in (tmp_path / "rft.jsonl").read_text().splitlines())}
     cols = {k: [rft[r["id"]][k] for r in cot] for k in ("answer", "choices", "question_type", "solution")}
-    assert {r["category"] for r in cot} >= set(qa.CATEGORIES) - {"object_direction_phase"}
+    assert {r["category"] for r in cot} >= set(CATEGORIES) - {"object_direction_phase"}
     for name in ("format", "accuracy", "camera", "object"):
         scores = rewards.REWARD_FUNCS[name]([r["response"] for r in cot], **cols)
         assert min(scores) == 1.0, name
     # and the evaluator's extraction reads both kinds of targets as right, a wrong letter as wrong
-    answers = pytest.importorskip("mllm4d_lite.eval.answers")
     sft = [json.loads(l) for l in (tmp_path / "sft.jsonl").read_text().splitlines()]
     assert all(answers.score_response(r, r["response"])[0] == 1.0 for r in cot + sft)
     assert all(answers.score_response(r, "B" if r["answer_letter"] == "A" else "A")[0] == 0.0
@@ -538,7 +544,6 @@ def test_cot_targets_score_full_reward(tmp_path):
 
 def test_synthetic_clips_agree_with_generator_motions():
     """Questions from the synthetic generator's ground truth agree with the motion it was told to make."""
-    synth = pytest.importorskip("mllm4d_lite.curation.synth")
     expect_dir = {"static": "not moving", "forward": "forward", "backward": "backward", "left": "to the left",
                   "right": "to the right", "pan_left": "not moving", "forward_pan_right": "forward"}
     expect_turn = {"static": "not turning", "forward": "not turning", "pan_left": "turning left",
@@ -546,7 +551,7 @@ def test_synthetic_clips_agree_with_generator_motions():
     checked = Counter()
     for i, motion in enumerate(sorted(set(expect_dir) | set(expect_turn))):
         clip = synth.generate_clip(i, 16, 96, 72, 8.0, camera_motion=motion)
-        qs = questions(qa.annotation_from_gt(clip))
+        qs = questions(annotation_from_gt(clip))
         got = {q.category: q.answer for q in qs if q.subject == "camera"}
         if motion in expect_dir:
             assert got["camera_direction"] == expect_dir[motion], motion
@@ -574,18 +579,18 @@ def test_edge_cases(tmp_path):
     ann = make_ann(objects=[], cam_end=(0, 0, 1.0), n=2)
     cats = {q.category for q in questions(ann)}
     assert cats == {"camera_direction", "camera_rotation", "camera_distance", "false_positive"}
-    summary = qa.build_datasets([ann], tmp_path, QAConfig())
+    summary = build_datasets([ann], tmp_path, QAConfig())
     assert summary["num_clips"] == {"train": 1} and summary["questions"]["bench"] == 0
     assert json.loads((tmp_path / "bench.json").read_text()) == []
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert qa.main(["--use-gt", "--out", str(tmp_path / "o")]) == 2
+    assert stage.main(["--use-gt", "--out", str(tmp_path / "o")]) == 2
     assert "--use-gt needs --clips" in capsys.readouterr().err
-    assert qa.main(["--annotations", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert stage.main(["--annotations", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "no annotations in" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        qa.main(["--qa-bogus", "1"])
-    assert qa.main(["--use-gt", "--clips", str(tmp_path), "--bench-fraction", "1.5"]) == 2
+        stage.main(["--qa-bogus", "1"])
+    assert stage.main(["--use-gt", "--clips", str(tmp_path), "--bench-fraction", "1.5"]) == 2
     assert "bench_fraction" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

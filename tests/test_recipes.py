@@ -1,7 +1,7 @@
 """Every YAML under recipes/ loads and validates against its stage's config dataclass.
 
-The stage comes from the file name: ``sft.yaml`` / ``cold_start.yaml`` -> ``mllm4d_lite.train.sft.SFTConfigKit``,
-``grpo.yaml`` -> ``mllm4d_lite.train.grpo.GRPOConfigKit`` (skipped while that module does not exist);
+The stage comes from the file name: ``sft.yaml`` / ``cold_start.yaml`` -> ``mllm4d_lite.train.sft.SFTConfig``,
+``grpo.yaml`` -> ``mllm4d_lite.train.grpo.GRPOConfig`` (skipped while that module does not exist);
 ``accelerate*.yaml`` -> accelerate's own launcher-config loader; any other ``<stage>.yaml`` -> the one
 ``*Config*`` dataclass defined in ``mllm4d_lite.<stage>``.
 SFT recipes are also checked against the model: their LoRA targets must match modules of the real
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
 from pathlib import Path
 
 import pytest
@@ -22,34 +21,17 @@ from mllm4d_lite.config import build_config, load_yaml
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 STAGE_CONFIGS = {
-    "sft": ("mllm4d_lite.train.sft", "SFTConfigKit"),
-    "cold_start": ("mllm4d_lite.train.sft", "SFTConfigKit"),
-    "grpo": ("mllm4d_lite.train.grpo", "GRPOConfigKit"),
+    "sft": ("mllm4d_lite.train.sft", "SFTConfig"),
+    "cold_start": ("mllm4d_lite.train.sft", "SFTConfig"),
+    "grpo": ("mllm4d_lite.train.grpo", "GRPOConfig"),
 }
-MODULE_OF_STAGE = {"eval": "evaluate"}
 
 
 def config_class(path: Path) -> type:
-    stem = path.stem
-    if stem in STAGE_CONFIGS:
-        module_name, class_name = STAGE_CONFIGS[stem]
-    else:
-        module_name, class_name = f"mllm4d_lite.{MODULE_OF_STAGE.get(stem, stem)}", None
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name == module_name:
-            pytest.skip(f"{module_name} does not exist yet; cannot validate {path.name}")
-        raise
-    if class_name is not None:
-        if not hasattr(module, class_name):
-            pytest.skip(f"{module_name}.{class_name} does not exist yet")
-        return getattr(module, class_name)
-    found = [obj for _, obj in inspect.getmembers(module, inspect.isclass)
-             if dataclasses.is_dataclass(obj) and obj.__module__ == module_name and "Config" in obj.__name__]
-    assert len(found) == 1, (f"{path}: cannot tell which config class of {module_name} validates it "
-                             f"({[c.__name__ for c in found]}); register it in STAGE_CONFIGS")
-    return found[0]
+    """The kit config class that validates a stage recipe (``recipes/<profile>/<stage>.yaml``)."""
+    assert path.stem in STAGE_CONFIGS, f"{path}: unknown stage recipe; register it in STAGE_CONFIGS"
+    module_name, class_name = STAGE_CONFIGS[path.stem]
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def _rel(path: Path) -> str:
@@ -87,7 +69,7 @@ SFT_RECIPES = [p for p in RECIPES if p.stem in ("sft", "cold_start")]
 def test_sft_recipe_fits_its_profile(path):
     from mllm4d_lite.train import sft as S
 
-    cfg = build_config(S.SFTConfigKit, load_yaml(path), str(path))
+    cfg = build_config(S.SFTConfig, load_yaml(path), str(path))
     comment = "\n".join(line for line in path.read_text().split("\n") if line.startswith("#"))
     assert "Hardware:" in comment and "Expected time:" in comment
     assert f"mllm4d sft --config {_rel(path)}" in comment
@@ -101,7 +83,7 @@ def test_sft_recipe_fits_its_profile(path):
         if path.stem == "sft":
             assert (cfg.lora_r, cfg.lora_alpha) == (128, 256)
     if path.stem == "cold_start":
-        sft_cfg = build_config(S.SFTConfigKit, load_yaml(path.with_name("sft.yaml")))
+        sft_cfg = build_config(S.SFTConfig, load_yaml(path.with_name("sft.yaml")))
         assert cfg.adapter_init == str(Path(sft_cfg.output_dir) / "adapter")
         assert cfg.train_file.endswith("cot.jsonl") and cfg.eval_mode == "st-cot"
         assert cfg.warmup_ratio >= sft_cfg.warmup_ratio and cfg.model == sft_cfg.model
@@ -117,9 +99,9 @@ def test_a_profiles_recipes_chain_sft_cold_start_grpo(profile):
     from mllm4d_lite.train import grpo as G
     from mllm4d_lite.train import sft as S
 
-    sft = build_config(S.SFTConfigKit, load_yaml(profile / "sft.yaml"))
-    cold = build_config(S.SFTConfigKit, load_yaml(profile / "cold_start.yaml"))
-    rl = build_config(G.GRPOConfigKit, load_yaml(profile / "grpo.yaml"))
+    sft = build_config(S.SFTConfig, load_yaml(profile / "sft.yaml"))
+    cold = build_config(S.SFTConfig, load_yaml(profile / "cold_start.yaml"))
+    rl = build_config(G.GRPOConfig, load_yaml(profile / "grpo.yaml"))
     assert rl.adapter_init == str(Path(cold.output_dir) / "adapter")
     assert cold.adapter_init == str(Path(sft.output_dir) / "adapter")
     folders = {Path(c.train_file).parent for c in (sft, cold, rl)}
@@ -136,10 +118,11 @@ def test_sft_recipe_lora_targets_match_the_architecture(path):
     import torch
     from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen3VLConfig
 
-    from mllm4d_lite.train import model as M
+    from mllm4d_lite.train import families as M
     from mllm4d_lite.train import sft as S
+    from mllm4d_lite.train.lora import resolve_lora_targets
 
-    cfg = build_config(S.SFTConfigKit, load_yaml(path), str(path))
+    cfg = build_config(S.SFTConfig, load_yaml(path), str(path))
     family = {"tiny": "qwen2.5-vl", "tiny-motion": "qwen2.5-vl", "tiny-qwen2.5-vl": "qwen2.5-vl",
               "tiny-qwen3-vl": "qwen3-vl"}.get(
         cfg.model, M.REAL_MODELS.get(cfg.model))
@@ -153,6 +136,6 @@ def test_sft_recipe_lora_targets_match_the_architecture(path):
         config = Qwen3VLConfig(text_config=dict(small, head_dim=64), vision_config=dict(vision, deepstack_visual_indexes=[0]))
     with torch.device("meta"):
         net = AutoModelForImageTextToText.from_config(config)
-    targets = S.resolve_lora_targets(net, cfg.lora_target_modules, cfg.train_merger)
+    targets = resolve_lora_targets(net, cfg.lora_target_modules, cfg.train_merger)
     assert len([t for t in targets if ".language_model." in t]) == 2 * len(cfg.lora_target_modules)
     assert all(".visual.blocks." not in t for t in targets)

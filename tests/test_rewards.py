@@ -498,9 +498,9 @@ def test_rewards_run_inside_trl_grpo_trainer(tmp_path):
     import torch
     from datasets import Dataset
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    from trl import GRPOConfig, GRPOTrainer
+    import trl
 
-    from mllm4d_lite.train.model import build_tokenizer
+    from mllm4d_lite.train.tiny_model import build_tokenizer
 
     torch.manual_seed(0)
     tok = build_tokenizer()
@@ -514,11 +514,11 @@ def test_rewards_run_inside_trl_grpo_trainer(tmp_path):
             dict(prompt=[{"role": "user", "content": "How far did the camera move?"}], **NUM, solution=SOL_NO_OBJ)]
     names = ["format", "accuracy", "camera", "object"]
     weights = [RELEASE_REWARD_WEIGHTS[n] for n in names]
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
+    args = trl.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
                       max_completion_length=8, max_steps=1, logging_steps=1, report_to=[], use_cpu=True,
                       reward_weights=weights, save_strategy="no", disable_tqdm=True)
     REWARD_STATS.reset()
-    trainer = GRPOTrainer(model=model, reward_funcs=get_reward_funcs(names), args=args,
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=get_reward_funcs(names), args=args,
                           train_dataset=Dataset.from_list(rows * 2), processing_class=tok)
     trainer.train()
     logs = trainer.state.log_history[0]

@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mllm4d_lite.train import data as D
 from mllm4d_lite import prompts
-from mllm4d_lite.train import sft as S
 from mllm4d_lite.config import ConfigError, build_config
-from mllm4d_lite.train.model import ModelSetupError, load_model_and_processor
+from mllm4d_lite.train import sft as S
+from mllm4d_lite.train.collator import VideoSFTCollator
+from mllm4d_lite.train.families import ModelSetupError
+from mllm4d_lite.train.loading import load_model_and_processor
+from mllm4d_lite.train.lora import resolve_lora_targets
+from mllm4d_lite.train.toy_data import write_toy_direction_set
+from mllm4d_lite.train.video_inputs import VideoCache
 
 FAST = dict(max_steps=4, learning_rate=5e-3, logging_steps=2, save_steps=2, warmup_ratio=0.0, lora_r=4,
             lora_alpha=8, lora_dropout=0.0, num_frames=4, num_threads=1, eval_max_new_tokens=40)
@@ -24,7 +28,7 @@ FAST = dict(max_steps=4, learning_rate=5e-3, logging_steps=2, save_steps=2, warm
 def toy_files(tmp_path_factory):
     """sft.jsonl (letters) and cot.jsonl (ST-CoT answers) over 6 toy clips."""
     root = tmp_path_factory.mktemp("toy_sft")
-    sft = D.write_toy_direction_set(root, num_clips=6, seed=7)
+    sft = write_toy_direction_set(root, num_clips=6, seed=7)
     rows = [json.loads(line) for line in sft.read_text().splitlines()]
     cot = []
     for r in rows:
@@ -40,7 +44,7 @@ def toy_files(tmp_path_factory):
 
 
 def _cfg(tiny_path, train_file, out, **kw):
-    return build_config(S.SFTConfigKit, {**FAST, "model": str(tiny_path), "train_file": str(train_file),
+    return build_config(S.SFTConfig, {**FAST, "model": str(tiny_path), "train_file": str(train_file),
                                          "output_dir": str(out), **kw})
 
 
@@ -69,7 +73,7 @@ def _check_only_lora_trained(model, base_path, init_lora: dict[str, torch.Tensor
 
 def test_sft_then_cold_start_train_lora_only_and_reload(tiny_qwen25, toy_files, tmp_path, random_video):
     sft_file, cot_file = toy_files
-    summary, trainer = S.train(_cfg(tiny_qwen25, sft_file, tmp_path / "sft"), return_trainer=True)
+    summary, trainer = S.run(_cfg(tiny_qwen25, sft_file, tmp_path / "sft"), return_trainer=True)
     model = trainer.model
     _check_only_lora_trained(model, tiny_qwen25, None)
     lora_names = [n for n, _ in model.named_parameters() if "lora_A" in n]
@@ -90,8 +94,8 @@ def test_sft_then_cold_start_train_lora_only_and_reload(tiny_qwen25, toy_files, 
 
     # the saved adapter reloads (peft, as `mllm4d eval` does) and gives identical logits
     reloaded, processor = load_model_and_processor(str(tiny_qwen25), adapter=str(out / "adapter"))
-    frames, meta = D.VideoCache(4).get(str(random_video))
-    collator = D.VideoSFTCollator(processor, D.VideoCache(4))
+    frames, meta = VideoCache(4).get(str(random_video))
+    collator = VideoSFTCollator(processor, VideoCache(4))
     batch = collator([{"video_path": str(random_video), "prompt": "Which way?", "response": "A"}])
     batch.pop("labels")
     model.eval()
@@ -101,17 +105,26 @@ def test_sft_then_cold_start_train_lora_only_and_reload(tiny_qwen25, toy_files, 
     # cold start: continues the SFT adapter on ST-CoT answers, again LoRA only
     init = {k: v for k, v in model.named_parameters() if "lora_" in k}
     init = {k: v.detach().clone() for k, v in init.items()}
-    _, cold = S.train(_cfg(tiny_qwen25, cot_file, tmp_path / "cold", adapter_init=str(out / "adapter"), max_steps=3),
+    _, cold = S.run(_cfg(tiny_qwen25, cot_file, tmp_path / "cold", adapter_init=str(out / "adapter"), max_steps=3),
                       return_trainer=True)
     cold_names = {n for n, _ in cold.model.named_parameters() if "lora_" in n}
     assert cold_names == set(init)  # the same adapter, not a new one
     _check_only_lora_trained(cold.model, tiny_qwen25, init)
 
 
+def test_resume_without_a_checkpoint_is_one_error_line(tmp_path, capsys):
+    out = tmp_path / "sft"
+    assert S.main(["--output-dir", str(out), "--resume", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mllm4d sft: error: `resume: true` but") and "holds no checkpoint" in err
+    assert err.count("\n") == 1
+    assert not out.exists(), "a refused run leaves no folder behind"
+
+
 def test_resume_continues_from_last_checkpoint(tiny_qwen25, toy_files, tmp_path):
     sft_file, _ = toy_files
-    S.train(_cfg(tiny_qwen25, sft_file, tmp_path, max_steps=2, save_steps=2))
-    summary, trainer = S.train(_cfg(tiny_qwen25, sft_file, tmp_path, max_steps=4, resume=True), return_trainer=True)
+    S.run(_cfg(tiny_qwen25, sft_file, tmp_path, max_steps=2, save_steps=2))
+    summary, trainer = S.run(_cfg(tiny_qwen25, sft_file, tmp_path, max_steps=4, resume=True), return_trainer=True)
     assert trainer.state.global_step == 4
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]  # 2 from the first run, 4 from the resumed one
@@ -119,7 +132,7 @@ def test_resume_continues_from_last_checkpoint(tiny_qwen25, toy_files, tmp_path)
 
 def test_qwen3_family_trains(tiny_qwen3, toy_files, tmp_path):
     sft_file, _ = toy_files
-    summary, trainer = S.train(_cfg(tiny_qwen3, sft_file, tmp_path, max_steps=2, gradient_checkpointing=True),
+    summary, trainer = S.run(_cfg(tiny_qwen3, sft_file, tmp_path, max_steps=2, gradient_checkpointing=True),
                                return_trainer=True)
     _check_only_lora_trained(trainer.model, tiny_qwen3, None)
     assert any("deepstack_merger_list" in n for n, _ in trainer.model.named_parameters() if "lora_A" in n)
@@ -127,19 +140,19 @@ def test_qwen3_family_trains(tiny_qwen3, toy_files, tmp_path):
 
 def test_lora_targets_are_checked_against_the_model(tiny_qwen25):
     net, _ = load_model_and_processor(str(tiny_qwen25))
-    names = S.resolve_lora_targets(net, ["q_proj", "down_proj"], train_merger=False)
+    names = resolve_lora_targets(net, ["q_proj", "down_proj"], train_merger=False)
     assert names and all(".language_model." in n for n in names)  # plain names never reach the vision tower
     with pytest.raises(ConfigError, match=r"'qkv' matches no Linear.*regex"):
-        S.resolve_lora_targets(net, ["qkv"], train_merger=False)  # vision-only name: an error, not a no-op
-    vis = S.resolve_lora_targets(net, [r"model\.visual\.blocks\.\d+\.attn\.qkv"], train_merger=False)
+        resolve_lora_targets(net, ["qkv"], train_merger=False)  # vision-only name: an error, not a no-op
+    vis = resolve_lora_targets(net, [r"model\.visual\.blocks\.\d+\.attn\.qkv"], train_merger=False)
     assert vis == ["model.visual.blocks.0.attn.qkv", "model.visual.blocks.1.attn.qkv"]
-    assert S.resolve_lora_targets(net, [r"model\.visual\.patch_embed\.proj"], False) == ["model.visual.patch_embed.proj"]
+    assert resolve_lora_targets(net, [r"model\.visual\.patch_embed\.proj"], False) == ["model.visual.patch_embed.proj"]
     assert {"model.visual.merger.mlp.0", "model.visual.merger.mlp.2"} <= set(
-        S.resolve_lora_targets(net, ["q_proj"], train_merger=True))
+        resolve_lora_targets(net, ["q_proj"], train_merger=True))
     with pytest.raises(ConfigError, match="lm_head"):
-        S.resolve_lora_targets(net, [r".*lm_head"], train_merger=False)
+        resolve_lora_targets(net, [r".*lm_head"], train_merger=False)
     with pytest.raises(ConfigError, match="lm_head"):
-        build_config(S.SFTConfigKit, {"lora_target_modules": ["q_proj", "lm_head"]})
+        build_config(S.SFTConfig, {"lora_target_modules": ["q_proj", "lm_head"]})
 
 
 def test_bad_settings_give_clear_errors(tiny_qwen25, toy_files, tmp_path, capsys):
@@ -151,7 +164,7 @@ def test_bad_settings_give_clear_errors(tiny_qwen25, toy_files, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and "use_unsloth: true" in err and "recipes/tiny/sft.yaml" in err
     with pytest.raises(ModelSetupError, match="device: cuda"):
-        S.train(_cfg(tiny_qwen25, sft_file, tmp_path, device="cuda"))
+        S.run(_cfg(tiny_qwen25, sft_file, tmp_path, device="cuda"))
     with pytest.raises(SystemExit):
         S.main(["--quant", "3bit"])
     code = S.main(["--model", str(tiny_qwen25), "--train-file", str(tmp_path / "none.jsonl"),
@@ -165,7 +178,7 @@ def test_missing_videos_are_skipped_not_fatal(tiny_qwen25, toy_files, tmp_path):
     rows.append(dict(rows[0], id="lost-clip", video="videos/lost.mp4"))
     path = sft_file.parent / "with_missing.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = S.train(_cfg(tiny_qwen25, path, tmp_path, max_steps=1, logging_steps=1))
+    summary = S.run(_cfg(tiny_qwen25, path, tmp_path, max_steps=1, logging_steps=1))
     assert summary["skipped_records"] == ["lost-clip"] and summary["train_records"] == len(rows) - 1
 
 
@@ -174,22 +187,14 @@ def test_4bit_on_cpu_warns_and_trains(tiny_qwen25, toy_files, tmp_path):
     sft_file, _ = toy_files
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary, trainer = S.train(_cfg(tiny_qwen25, sft_file, tmp_path, max_steps=1, logging_steps=1, quant="4bit"),
+        summary, trainer = S.run(_cfg(tiny_qwen25, sft_file, tmp_path, max_steps=1, logging_steps=1, quant="4bit"),
                                    return_trainer=True)
     assert any("slow" in str(w.message) and "4bit" in str(w.message) for w in caught)
     assert any("4bit" in type(m).__name__ for m in trainer.model.modules())
     assert summary["steps"] == 1
 
 
-def test_st_cot_format_check():
-    ok = "<thinking>Camera Center: [0.00, 0.00, 0.00]; Object Center: [1.0, 0.0, 4.0]</thinking><answer>B</answer>"
-    assert S.follows_st_cot_format(ok)
-    assert S.follows_st_cot_format(ok.replace("[1.0, 0.0, 4.0]", "null"))
-    assert not S.follows_st_cot_format(ok.replace("<answer>B</answer>", "B"))
-    assert not S.follows_st_cot_format(ok.replace("Object Center", "Object"))
-    assert not S.follows_st_cot_format("B")
-
-
+@pytest.mark.slow  # 600 SFT steps and a 128-clip evaluation, twice (video and blind): minutes on 2 cores
 def test_tiny_recipe_learns_direction_from_the_video_not_the_text(tiny_qwen25, tmp_path):
     """The tiny SFT recipe on the toy left/right set (a square slides across; options shuffled, so the
     text alone leaves left vs right at 50 %): trained with the video it must answer held-out clips
@@ -197,20 +202,19 @@ def test_tiny_recipe_learns_direction_from_the_video_not_the_text(tiny_qwen25, t
     reaching the model, if positions inside a frame become indistinguishable to the LLM (the tiny
     model's rope_theta) or if the head cannot express a confident letter (its final norm gain).
 
-    600 steps and 128 held-out clips leave a margin on any CPU: after 400 steps the sighted run had
-    passed 0.8 on one machine but scored 0.72-0.75 on another (AVX2 kernels); after 600 it scores
-    0.91 there (blind 0.50), four standard errors above the bar."""
+    600 steps and 128 held-out clips leave a margin above the bar on any CPU (the numbers differ
+    with the CPU's kernels)."""
     from mllm4d_lite.config import load_yaml
 
-    train = D.write_toy_direction_set(tmp_path / "train", 96, seed=0, shuffle_choices=True)
-    held = D.write_toy_direction_set(tmp_path / "held", 128, seed=1, shuffle_choices=True)
+    train = write_toy_direction_set(tmp_path / "train", 96, seed=0, shuffle_choices=True)
+    held = write_toy_direction_set(tmp_path / "held", 128, seed=1, shuffle_choices=True)
     recipe = load_yaml(Path(__file__).resolve().parent.parent / "recipes" / "tiny" / "sft.yaml")
     acc = {}
     for name, blind in (("sighted", False), ("blind", True)):
         values = dict(recipe, model=str(tiny_qwen25), train_file=str(train), eval_file=str(held),
                       output_dir=str(tmp_path / name), blind=blind, max_steps=600, logging_steps=100,
                       save_steps=1000)
-        acc[name] = S.train(build_config(S.SFTConfigKit, values))["eval"]["accuracy"]
+        acc[name] = S.run(build_config(S.SFTConfig, values))["eval"]["accuracy"]
     assert acc["sighted"] >= 0.8, acc
     assert acc["blind"] <= 0.65, acc
     assert acc["sighted"] - acc["blind"] >= 0.25, acc

@@ -13,7 +13,9 @@ import pytest
 
 from mllm4d_lite.curation import synth
 from mllm4d_lite.curation.clip import load_clip
-from mllm4d_lite.curation.synth import SceneOptions, build_scene, generate_clip, render_view
+from mllm4d_lite.curation.render import render_view
+from mllm4d_lite.curation.scene import CameraOptions, SceneOptions, build_scene
+from mllm4d_lite.curation.synth import generate_clip
 
 W, H, N = 160, 120, 6  # small clips keep the suite fast
 SEEDS = list(range(8))
@@ -364,6 +366,21 @@ def test_cli_bad_arguments(tmp_path, capsys, args, message):
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_synth_config_is_composed_of_the_scene_options():
+    """`mllm4d synth`'s camera flags are CameraOptions' fields (shared with SceneOptions, one
+    definition each), and its scene choices map onto SceneOptions."""
+    fields = {f.name: f for f in dataclasses.fields(synth.SynthConfig)}
+    for f in dataclasses.fields(CameraOptions):
+        assert (fields[f.name].default, fields[f.name].metadata) == (f.default, f.metadata)
+    assert synth.SynthConfig().scene_options() == {**dataclasses.asdict(CameraOptions()),
+                                                   "depth_range_m": SceneOptions.depth_range_m,
+                                                   "travel_range_m": SceneOptions.travel_range_m}
+    cfg = synth.SynthConfig(camera_motion="static", num_objects=2, depth_range="3,4", directions="left, right",
+                            hfov_deg=40.0)
+    assert SceneOptions(**cfg.scene_options()) == SceneOptions(
+        hfov_deg=40.0, camera_motion="static", num_objects=2, depth_range_m=(3.0, 4.0), directions=("left", "right"))
 
 
 def test_cli_help(capsys):

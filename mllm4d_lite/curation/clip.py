@@ -1,4 +1,4 @@
-"""The kit's in-memory stereo clip, and the native clip folder format (see docs in README).
+"""The kit's in-memory stereo clip, and the native clip folder format (see docs/data-format.md).
 
 Conventions (OpenCV): camera x right, y down, z forward; metres, seconds, pixels.
 World frame of a clip = the LEFT camera's frame at frame 0.
@@ -222,13 +222,13 @@ def load_clip(clip_dir: str | Path, load_depth: bool = True) -> Clip:
         raise ClipError(f"{clip_dir}: not a clip folder (expected a folder with clip.json, left.mp4, right.mp4)")
     if not meta_path.is_file():
         raise ClipError(f"{meta_path}: missing; a clip folder needs clip.json, left.mp4 and right.mp4 "
-                        "(see design.md), e.g. regenerate it with `mllm4d synth`")
+                        "(see docs/data-format.md), e.g. regenerate it with `mllm4d synth`")
     meta = _read_json(meta_path, "clip.json")
     if not isinstance(meta, dict):
         raise ClipError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     missing = [k for k in ("fps", "width", "height", "num_frames", "K", "baseline_m") if k not in meta]
     if missing:
-        raise ClipError(f"{meta_path}: missing key(s) {missing}; add them (see design.md, clip.json)")
+        raise ClipError(f"{meta_path}: missing key(s) {missing}; add them (see docs/data-format.md, clip.json)")
     K = _parse_K(meta["K"], meta_path)
     try:
         baseline_m, fps = float(meta["baseline_m"]), float(meta["fps"])

@@ -16,23 +16,17 @@ Pipeline (OpenCV + numpy, no learned parts):
    (SQPnP) against those landmarks (map-based tracking rather than frame-to-frame chaining, so
    errors compound more slowly), refined by Levenberg-Marquardt on the inliers; RANSAC outliers
    (e.g. unmasked movers) are dropped.
-3. A stereo bundle adjustment (Levenberg-Marquardt, Huber weights, Schur complement on the
-   points) refines all poses but the first and up to ``ba_max_landmarks`` landmarks, on the
-   left-image reprojection error plus the disparity error ``fx * baseline / z - d`` weighted by
-   the disparity's noise (KLT-refined or SGBM), which keeps the scale metric.
+3. A stereo bundle adjustment (:mod:`.bundle_adjust`: Levenberg-Marquardt, Huber weights, Schur
+   complement on the points) refines all poses but the first and up to ``ba_max_landmarks``
+   landmarks, on the left-image reprojection error plus the disparity error
+   ``fx * baseline / z - d`` weighted by the disparity's noise (KLT-refined or SGBM), which keeps
+   the scale metric.
 
-Why: chaining PnP alone drifted 3.5-4.3% over a 7.3 m synthetic path (see the stack notes). On 32
-generated clips (seeds 1000-1031, 16 frames) the median ATE is 1.6 cm (2.1% of the path); without
-BA 28/32 tiny_data clips met the ATE target, with it 32/32.
-
-Known miss: forward / backward motion is under-scaled (est/gt path 0.86-0.97 on generated clips;
-sideways motion 0.99-1.02). Worst: seeds 1000-1031 synth_s01024 (forward, 0.93 m, 8.2 cm median
-ATE; 8.3 cm even with ground-truth disparity, so not a stereo error). There the frame-to-frame
-KLT flow of near-ground corners is ~0.7x what gt depth + gt poses predict, with many corners
-moving against the prediction (object shadows on the ground move with their objects; KLT itself
-is unbiased on a synthetic zoom of the same frame: 0.999x). A 1 px RANSAC threshold or a wider
-object-mask dilation fixes that clip but breaks others (measured on tiny_data + seeds
-1000-1031 + 2000-2031), so the defaults stay.
+Why: chaining PnP frame to frame drifts; tracking against the landmark map and the bundle
+adjustment keep the trajectory metric over a clip. Known limit: forward / backward motion comes
+out slightly under-scaled (near-ground corners, and the object shadows on the ground that move
+with their objects, pull the frame-to-frame flow); figures and the settings tried against it are
+in docs/results.md.
 """
 
 from __future__ import annotations
@@ -42,6 +36,8 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from mllm4d_lite.curation.bundle_adjust import bundle_adjust
 
 log = logging.getLogger(__name__)
 
@@ -77,32 +73,12 @@ class OdometryResult:
 
 
 # ----------------------------------------------------------------------------- small geometry
-def rodrigues(rvecs: np.ndarray) -> np.ndarray:
-    """(M, 3) rotation vectors -> (M, 3, 3) rotation matrices (vectorised Rodrigues)."""
-    theta = np.linalg.norm(rvecs, axis=1)[:, None, None]
-    safe = np.where(theta > 1e-12, theta, 1.0)
-    k = rvecs[:, :, None] / safe
-    kx = np.zeros((len(rvecs), 3, 3))
-    kx[:, 0, 1], kx[:, 0, 2] = -k[:, 2, 0], k[:, 1, 0]
-    kx[:, 1, 0], kx[:, 1, 2] = k[:, 2, 0], -k[:, 0, 0]
-    kx[:, 2, 0], kx[:, 2, 1] = -k[:, 1, 0], k[:, 0, 0]
-    eye = np.eye(3)[None]
-    return eye + np.sin(theta) * kx + (1 - np.cos(theta)) * (kx @ kx)
-
-
 def backproject(uv: np.ndarray, disparity_px: np.ndarray, K: np.ndarray, baseline_m: float) -> np.ndarray:
     """Pixels (M, 2) with disparities (M,) -> camera-frame points (M, 3), metres."""
     z = K[0, 0] * baseline_m / disparity_px
     x = (uv[:, 0] - K[0, 2]) * z / K[0, 0]
     y = (uv[:, 1] - K[1, 2]) * z / K[1, 1]
     return np.stack([x, y, z], axis=1)
-
-
-def _pose_to_rt(cam_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """camera_to_world -> (rvec, tvec) of world_to_camera."""
-    r_wc = np.ascontiguousarray(cam_to_world[:3, :3].T)
-    t_wc = -r_wc @ cam_to_world[:3, 3]
-    return cv2.Rodrigues(r_wc)[0].ravel().copy(), np.ascontiguousarray(t_wc)
 
 
 def _rt_to_pose(rvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
@@ -144,9 +120,9 @@ _LK_STEREO = dict(winSize=(11, 11), maxLevel=0, flags=cv2.OPTFLOW_USE_INITIAL_FL
 def refine_disparity_klt(gray_left: np.ndarray, gray_right: np.ndarray, uv: np.ndarray,
                          disp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sub-pixel disparities of feature points by Lucas-Kanade from the left to the right image,
-    started at the SGBM match. SGBM's parabola sub-pixel step is biased towards whole pixels
-    (+0.1 px median on far, textured synthetic background: 2-3% of depth at 3-8 px); KLT on
-    corners removes that (median bias < 0.02 px). Points whose KLT match leaves the scanline
+    started at the SGBM match. SGBM's parabola sub-pixel step is biased towards whole pixels,
+    which matters on far points (a few pixels of disparity); KLT on corners removes that bias.
+    Points whose KLT match leaves the scanline
     (> 0.5 px) or moves > 1 px from SGBM keep the SGBM value. uv (M, 2), disp (M,) px (NaN kept).
     Returns the disparities and a mask (M,) of the refined ones."""
     ok = np.isfinite(disp)
@@ -260,161 +236,6 @@ def _track(prev: np.ndarray, cur: np.ndarray, pts: np.ndarray) -> tuple[np.ndarr
     p1 = p1.reshape(-1, 2)
     inside = (p1[:, 0] >= 0) & (p1[:, 0] <= w - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= h - 1)
     return p1, (st.ravel() == 1) & (st_b.ravel() == 1) & (fb < 1.0) & inside
-
-
-# ----------------------------------------------------------------------------- bundle adjustment
-def _huber_weights(r: np.ndarray, delta: float) -> np.ndarray:
-    a = np.abs(r)
-    return np.where(a <= delta, 1.0, delta / np.maximum(a, 1e-12))
-
-
-def _huber_cost(r: np.ndarray, delta: float) -> float:
-    a = np.abs(r)
-    return float(np.sum(np.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta))))
-
-
-def _ba_terms(rot: np.ndarray, t: np.ndarray, pts: np.ndarray, f: np.ndarray, p: np.ndarray, uv: np.ndarray,
-              disp: np.ndarray, has_d: np.ndarray, K: np.ndarray, fb: float, sigma_d: np.ndarray,
-              jac: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Residuals (m, 3): u, v reprojection (px) and disparity error / sigma_d; Jacobians w.r.t. a
-    left rotation increment + translation of the pose (m, 3, 6) and w.r.t. the point (m, 3, 3)."""
-    rx = np.einsum("nij,nj->ni", rot[f], pts[p])
-    pc = rx + t[f]
-    z = np.maximum(pc[:, 2], 1e-3)
-    res = np.stack([K[0, 0] * pc[:, 0] / z + K[0, 2] - uv[:, 0],
-                    K[1, 1] * pc[:, 1] / z + K[1, 2] - uv[:, 1],
-                    np.where(has_d, (fb / z - disp) / sigma_d, 0.0)], axis=1)
-    if not jac:
-        return res, None, None
-    m = len(pc)
-    dres = np.zeros((m, 3, 3))  # d residual / d p_cam
-    dres[:, 0, 0] = K[0, 0] / z
-    dres[:, 0, 2] = -K[0, 0] * pc[:, 0] / z**2
-    dres[:, 1, 1] = K[1, 1] / z
-    dres[:, 1, 2] = -K[1, 1] * pc[:, 1] / z**2
-    dres[:, 2, 2] = np.where(has_d, -fb / z**2 / sigma_d, 0.0)
-    skew = np.zeros((m, 3, 3))  # d p_cam / d dr = -[R X]_x for p_cam = R(dr) R X + t
-    skew[:, 0, 1], skew[:, 0, 2] = rx[:, 2], -rx[:, 1]
-    skew[:, 1, 0], skew[:, 1, 2] = -rx[:, 2], rx[:, 0]
-    skew[:, 2, 0], skew[:, 2, 1] = rx[:, 1], -rx[:, 0]
-    j_pose = np.concatenate([dres @ skew, dres], axis=2)
-    j_pt = dres @ rot[f]
-    return res, j_pose, j_pt
-
-
-def _group_sum(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
-    """Sum rows of ``values`` (m, ...) into ``size`` groups by ``index`` (m,) (bincount, no BLAS)."""
-    flat = values.reshape(len(values), -1)
-    k = flat.shape[1]
-    idx = (index[:, None] * k + np.arange(k)[None, :]).ravel()
-    return np.bincount(idx, weights=flat.ravel(), minlength=size * k).reshape((size,) + values.shape[1:])
-
-
-def _ba_solve(rot: np.ndarray, t: np.ndarray, pts: np.ndarray, f: np.ndarray, p: np.ndarray, uv: np.ndarray,
-              disp: np.ndarray, K: np.ndarray, fb: float, sigma_d: np.ndarray, iters: int,
-              delta: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
-    """Levenberg-Marquardt with Huber weights and the Schur complement on the points; the reduced
-    camera system (6 (N-1) unknowns) is dense and built with einsum rather than a BLAS product
-    (multi-threaded BLAS stalled badly on a shared 2-core machine). Pose 0 is fixed."""
-    n, n_pts = len(rot), len(pts)
-    has_d = np.isfinite(disp)
-    disp = np.nan_to_num(disp)
-    args = (f, p, uv, disp, has_d, K, fb, sigma_d)
-    res, jc, jp = _ba_terms(rot, t, pts, *args)
-    cost = _huber_cost(res, delta)
-    costs, lam = [cost], 1e-3
-    nc = 6 * (n - 1)
-    mov = f > 0
-    eye3 = np.eye(3)
-    for _ in range(iters):
-        w = _huber_weights(res, delta)[:, :, None]                 # (m, 3, 1)
-        jc_w, jp_w = jc * w, jp * w
-        h_cc = _group_sum(f, np.einsum("mri,mrj->mij", jc_w, jc), n)
-        h_pp = _group_sum(p, np.einsum("mri,mrj->mij", jp_w, jp), n_pts)
-        g_c = _group_sum(f, np.einsum("mri,mr->mi", jc_w, res), n)
-        g_p = _group_sum(p, np.einsum("mri,mr->mi", jp_w, res), n_pts)
-        h_cp = np.einsum("mri,mrj->mij", jc_w, jp)                 # (m, 6, 3), one obs per (frame, point)
-        h_cp_dense = np.zeros((n - 1, 6, n_pts, 3))
-        h_cp_dense[f[mov] - 1, :, p[mov], :] = h_cp[mov]
-        h_cp_dense = h_cp_dense.reshape(nc, n_pts, 3)
-        cost_new = cost
-        while True:
-            h_pp_inv = np.linalg.inv(h_pp + lam * (np.einsum("nii->ni", h_pp)[:, :, None] * eye3) + 1e-9 * eye3)
-            w_obs = np.einsum("mij,mjk->mik", h_cp, h_pp_inv[p])   # (m, 6, 3)
-            w_dense = np.einsum("cpi,pij->cpj", h_cp_dense, h_pp_inv)
-            schur = -np.einsum("cpi,dpi->cd", w_dense, h_cp_dense)   # einsum: no threaded BLAS
-            for k in range(1, n):
-                blk = h_cc[k] + lam * np.diag(np.diag(h_cc[k])) + 1e-9 * np.eye(6)
-                schur[6 * (k - 1): 6 * k, 6 * (k - 1): 6 * k] += blk
-            reduced = _group_sum(f, np.einsum("mij,mj->mi", w_obs, g_p[p]), n)
-            rhs = -(g_c[1:] - reduced[1:]).ravel()
-            try:
-                d_c = np.linalg.solve(schur, rhs)
-            except np.linalg.LinAlgError:
-                lam *= 10
-                if lam > 1e6:
-                    break
-                continue
-            d_c = np.vstack([np.zeros((1, 6)), d_c.reshape(n - 1, 6)])
-            back = _group_sum(p, np.einsum("mij,mi->mj", h_cp, d_c[f]), n_pts)
-            d_p = -np.einsum("pij,pj->pi", h_pp_inv, g_p + back)
-            rot_new = rodrigues(d_c[:, :3]) @ rot
-            t_new = t + d_c[:, 3:]
-            pts_new = pts + d_p
-            res_new, _, _ = _ba_terms(rot_new, t_new, pts_new, *args, jac=False)
-            cost_new = _huber_cost(res_new, delta)
-            if cost_new < cost:
-                rot, t, pts, lam = rot_new, t_new, pts_new, max(lam / 3, 1e-7)
-                res, jc, jp = _ba_terms(rot, t, pts, *args)
-                break
-            lam *= 5
-            if lam > 1e6:
-                break
-        improved = cost - cost_new
-        costs.append(min(cost, cost_new))
-        cost = costs[-1]
-        if lam > 1e6 or improved < 1e-6 * max(cost, 1e-12):
-            break
-    return rot, t, pts, costs
-
-
-def bundle_adjust(poses: np.ndarray, tracks: _Tracks, K: np.ndarray, baseline_m: float,
-                  cfg: OdometryConfig) -> tuple[np.ndarray, dict[str, float]]:
-    """Refine camera_to_world (N, 4, 4) (frame 0 fixed) and landmarks; returns new poses and stats."""
-    frame, lid, uv, disp, sigma = tracks.arrays()
-    good = ~tracks.bad[lid] & (tracks.world_cnt[lid] > 0)
-    seen = np.bincount(lid[good], minlength=len(tracks.bad))
-    keep = good & (seen[lid] >= cfg.ba_min_track_len)
-    if cfg.ba_max_landmarks > 0:
-        # an even stride over landmark ids keeps their spread over the image and over depth
-        # (taking the longest tracks instead picks mostly far background and BA then drifts)
-        cand = np.flatnonzero(seen >= cfg.ba_min_track_len)
-        chosen = cand[np.linspace(0, len(cand) - 1, min(len(cand), cfg.ba_max_landmarks)).astype(int)] if len(cand) else cand
-        keep &= np.isin(lid, chosen)
-    frame, lid, uv, disp, sigma = frame[keep], lid[keep], uv[keep], disp[keep], sigma[keep]
-    n = len(poses)
-    if len(frame) < 20 or n < 2:
-        return poses, {"ba_observations": float(len(frame))}
-    uniq, pt_idx = np.unique(lid, return_inverse=True)
-    pts0 = tracks.world_sum[uniq] / tracks.world_cnt[uniq, None]
-    rot0 = np.transpose(poses[:, :3, :3], (0, 2, 1)).copy()   # world-to-camera rotations
-    t0 = -np.einsum("nij,nj->ni", rot0, poses[:, :3, 3])
-    fb = K[0, 0] * baseline_m
-    res0, _, _ = _ba_terms(rot0, t0, pts0, frame, pt_idx, uv, np.nan_to_num(disp), np.isfinite(disp), K, fb,
-                           sigma, jac=False)
-    rot, t, pts, costs = _ba_solve(rot0, t0, pts0, frame, pt_idx, uv, disp, K, fb, sigma, cfg.ba_max_iterations)
-    res1, _, _ = _ba_terms(rot, t, pts, frame, pt_idx, uv, np.nan_to_num(disp), np.isfinite(disp), K, fb,
-                           sigma, jac=False)
-    new_poses = np.repeat(np.eye(4)[None], n, axis=0)
-    new_poses[:, :3, :3] = np.transpose(rot, (0, 2, 1))
-    new_poses[:, :3, 3] = -np.einsum("nji,nj->ni", rot, t)
-
-    def rms_px(res: np.ndarray) -> float:
-        return float(np.sqrt(np.mean(res[:, :2] ** 2)))
-
-    return new_poses, {"ba_observations": float(len(frame)), "ba_landmarks": float(len(uniq)),
-                       "ba_rms_px_before": rms_px(res0), "ba_rms_px_after": rms_px(res1),
-                       "ba_iterations": float(len(costs) - 1)}
 
 
 # ----------------------------------------------------------------------------- main entry

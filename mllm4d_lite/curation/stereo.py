@@ -8,8 +8,7 @@ disparities are NaN.
 The default backend ("sgbm") is OpenCV's semi-global matching (3-way), improved by:
 
 1. left padding by ``max_disparity_px`` columns, so SGBM returns values in the left border band
-   that it otherwise leaves empty (on the Middlebury motorcycle pair that band alone is ~14% of
-   the ground-truth pixels);
+   that it otherwise leaves empty (a sizeable share of the ground-truth pixels on real pairs);
 2. a left-right consistency check: the right view's disparity is computed by matching the
    mirrored pair, and a left disparity survives only if the right disparity at ``x - d`` agrees
    within ``lr_max_diff_px`` (removes occlusions and mismatches);
@@ -17,10 +16,9 @@ The default backend ("sgbm") is OpenCV's semi-global matching (3-way), improved 
    smaller (background) of the two neighbouring valid disparities, the usual occlusion fill;
    wider holes stay NaN.
 
-Measured on ``skimage.data.stereo_motorcycle()`` (741x500, Middlebury 2014, GT with inf =
-unknown), ``max_disparity_px=96`` (see ``scripts/bench_curate.py`` and ``tests/test_stereo.py``):
-plain SGBM with the issue's settings covers 83.0% of GT pixels, EPE 1.03 px, bad-3px 21.2%
-(uncovered counted bad); this module covers 91.3%, EPE 0.86 px, bad-3px 12.7%.
+``scripts/bench_curate.py`` compares it with plain SGBM (:func:`plain_sgbm_disparity`) on the
+Middlebury motorcycle pair (``skimage.data.stereo_motorcycle()``); the figures are in
+docs/results.md.
 
 A learned stereo model can be plugged in as a backend (``backend="torchscript"``, reading a
 user-provided TorchScript export from ``weights_dir``), or any callable registered with
@@ -258,7 +256,7 @@ def disparity_metrics(disp_px: np.ndarray, gt_disp_px: np.ndarray, bad_threshold
 
 
 def plain_sgbm_disparity(left: np.ndarray, right: np.ndarray, max_disparity_px: int = 96) -> np.ndarray:
-    """The reference: bare ``cv2.StereoSGBM`` with the issue's settings (block 5, P1=8*3*25, P2=32*3*25,
+    """The reference: bare ``cv2.StereoSGBM`` with fixed reference settings (block 5, P1=8*3*25, P2=32*3*25,
     uniqueness 10, speckle 100/2, disp12MaxDiff 1, 3-way), no padding/LR/fill; NaN where <= 0."""
     num_disp = int(np.ceil(max_disparity_px / 16.0) * 16)
     matcher = cv2.StereoSGBM_create(

@@ -26,9 +26,7 @@ area x depth^2 (constant for a fully visible object) is below ``min_visible_area
 typical value, give ``None``: too little is seen, and a sliver's depth often comes from the
 occluder. Points farther than ``max_depth_spread`` half-widths from the median depth are dropped
 as well (background or occluder depths leaking into a small mask can outnumber what the MAD
-filter tolerates). Effect on the estimated-vs-ground-truth QA agreement (``curate --score``;
-multiple choice / numeric within 15%): tiny_data 95.6 / 92.1% -> 98.9 / 95.0%, seeds 1000-1031
-94.8 / 94.2% -> 98.5 / 97.0%, held-out seeds 2000-2031 97.4 / 93.2% -> 97.6 / 97.4%.
+filter tolerates); docs/results.md has their effect on the estimated-vs-ground-truth QA agreement.
 Frames with fewer than ``min_pixels`` valid points, or less than ``min_valid_fraction`` of the
 mask with depth, give ``None``.
 
@@ -369,7 +367,7 @@ def object_yaws(grays: list[np.ndarray], masks: np.ndarray, object_id: int, disp
         if not started:
             started, yaws[i], anchor, anchor_yaw = True, 0.0, i, 0.0
         elif len(pts) >= cfg.yaw_min_points:
-            # KLT on a crop around the object (pyramids of the full frame would cost 5x more)
+            # KLT on a crop around the object (pyramids of the full frame would cost several times more)
             x0, y0, x1, y1 = _crop_box(mask | (masks[i - 1] == object_id), margin=24)
             off = np.array([x0, y0], np.float32)
             a, b = grays[i - 1][y0:y1, x0:x1], grays[i][y0:y1, x0:x1]

@@ -1,14 +1,14 @@
 """Video encoding and decoding.
 
-Decoding goes through decord (the design card's choice) and falls back to PyAV where decord
+Decoding goes through decord (the kit's choice, see docs/stack.md) and falls back to PyAV where decord
 is missing or fails to open a file. Frames are RGB uint8 arrays shaped (T, H, W, 3).
 Encoding uses PyAV with H.264 (yuv420p), which decord, PyAV and OpenCV all read.
 
 Import order: a process that will also run torch must import torch *before* its first decode.
 Loading decord first makes torch's later matrix products crash (segmentation fault, after
-"[NVBLAS] CPU Blas library need to be provided"; measured here). The training and evaluation
-stages load the model first; curation never imports torch, so decoding does not import it
-either (it would add ~1 s to every curation worker).
+"[NVBLAS] CPU Blas library need to be provided"). The training and evaluation stages load the
+model first; curation never imports torch, so decoding does not import it either (it would
+slow the start of every curation worker).
 """
 
 from __future__ import annotations
@@ -127,9 +127,9 @@ def write_video(path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps
     with av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # mbtree=0: with x264's macroblock-tree rate control, encoding the same frames twice gave
-        # different files and decoded frames here (3-13 distinct results in 60 encodes, also
-        # single-threaded); without it repeated encodes are identical (0 differences in 60).
+        # mbtree=0: with x264's macroblock-tree rate control, encoding the same frames twice can
+        # give different files and decoded frames (even single-threaded); without it repeated
+        # encodes are identical, so a clip's files depend on its content only.
         stream.options = {"crf": str(crf), "preset": "medium", "tune": "film", "x264-params": "mbtree=0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

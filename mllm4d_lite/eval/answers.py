@@ -1,6 +1,7 @@
-"""Answer extraction and per-question scoring, shared by evaluation and the GRPO rewards.
+"""Reading replies: the chosen option, a number, the ST-CoT format and its centres; per-question scoring.
 
-One module, so that training is rewarded the way the benchmark is scored.
+Shared by evaluation and the GRPO rewards, so that training is rewarded the way the benchmark is
+scored.
 
 Multiple-choice replies are read by :func:`extract_choice`, a deterministic extractor
 tuned against VLM4D's own LLM-judged outputs of 23 models (``scripts/bench_extraction.py``
@@ -21,27 +22,33 @@ prints the agreement). It looks, in this order, for
 7. the last sentence holding most of one option's content words;
 8. a lone letter closing the reply ("… so the answer is\\n\\nC").
 
-Ambiguous replies ("A or B", "A and C", two different letters) give ``None``, which is
-scored wrong and counted as "no answer". Letters inside words ("Clockwise") never count.
+Each rule is a function of :mod:`mllm4d_lite.eval.choice_rules`. Ambiguous replies ("A or B",
+"A and C", two different letters) give ``None``, which is scored wrong and counted as "no answer".
 
 Numeric questions use :func:`extract_number` and the VSI-Bench mean relative accuracy
 (:func:`mean_relative_accuracy`).
+
+ST-CoT replies (``<thinking>`` with ``Camera Center: [x, y, z]`` / ``Object Center: [x, y, z]``
+states, then ``<answer>``): :func:`answer_part` is the part that may hold the answer,
+:func:`follows_st_cot_format` the format check of evaluation, :func:`states_center` and
+:func:`parse_centers` read the stated centres in the three ways the kit needs (evaluation's
+format check, the kit's ST-reward, the release's ST-reward).
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import unicodedata
 from typing import Any, Mapping
 
-DEFAULT_LETTERS = ("A", "B", "C", "D", "E", "F")
+from mllm4d_lite.eval.choice_rules import (TEXT_WINDOW, absence_option, clean_reply, closest_option, declared_answer,
+                                           letter_at_start, letter_mention, letters_of, option_in_text)
 
 # VSI-Bench MRA thresholds, written out: 0.50, 0.55, ..., 0.95 (ten of them).
 MRA_THRESHOLDS = (0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
 
-
-# --------------------------------------------------------------------------- text helpers
 
 def normalize_text(text: Any) -> str:
     """Option/answer text for comparison: ``str``, NFKC, case-folded, inner whitespace
@@ -60,276 +67,121 @@ def normalize_text(text: Any) -> str:
     return s.strip(" \"'`*")
 
 
-def _letters(choices: Mapping[str, Any] | None) -> tuple[str, ...]:
-    if choices:
-        return tuple(str(k).strip().upper() for k in choices)
-    return DEFAULT_LETTERS
+
+# --------------------------------------------------------------------------- ST-CoT replies
+
+THINK_BLOCK = re.compile(r"<thinking>(.*?)</thinking>", re.DOTALL)
+ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+ST_COT_TAGS = ("<thinking>", "</thinking>", "<answer>", "</answer>")
+CENTER_KINDS = ("camera", "object")
 
 
-def _clean(response: str) -> str:
-    """Strip markup that hides letters: LaTeX boxes, ``$``, markdown emphasis, fancy quotes."""
-    s = unicodedata.normalize("NFKC", response)
-    s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    for _ in range(2):  # \boxed{\text{B}}
-        s = re.sub(r"\\?(?:boxed|text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}", r"\1", s)
-    s = re.sub(r"\\[()\[\]]", " ", s)  # LaTeX inline math \( B \)
-    s = s.replace("$", "").replace("**", "").replace("__", "").replace("`", "")
-    return s
+def center_label(kind: str, lenient: bool = True) -> re.Pattern[str]:
+    """The label of a stated ``kind`` ("camera" | "object") centre: ``Camera Center:`` exactly, or
+    (``lenient``) in any case and spacing (``camera center :``)."""
+    if lenient:
+        return re.compile(kind + r"\s*center\s*:", re.IGNORECASE)
+    return re.compile(kind.capitalize() + r" Center:")
 
 
-# --------------------------------------------------------------------------- option texts
-
-# Word forms folded together before option texts are matched against a reply, so that
-# "moves downwards" names the option "down" and "spins twice" names the option "2".
-_WORD_CANON = {
-    "once": "1", "one": "1", "single": "1", "twice": "2", "two": "2", "thrice": "3",
-    "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
-    "nine": "9", "ten": "10", "zero": "0", "none": "0",
-    "downwards": "down", "downward": "down", "upwards": "up", "upward": "up",
-    "leftwards": "left", "leftward": "left", "rightwards": "right", "rightward": "right",
-    "forwards": "forward", "backwards": "backward", "toward": "towards",
-    "anticlockwise": "counterclockwise",
+# What must follow a centre's label for the centre to count as stated, per reading:
+# (pattern after the label, regex flags, lenient label)
+_STATED_VALUE = {
+    "closed": (r"\s*(\[[^\]]*\]|null)", 0, False),  # evaluation's format check: [...] closed, or null
+    "lenient": (r"\s*(?:\[|null\b)", re.IGNORECASE, True),  # the kit's format reward (docs/method.md, D4)
+    "release": (r"\s*(\[+.*?\]+)", re.DOTALL, False),  # the release's format reward: brackets only
 }
-_PHRASE_CANON = (
-    (re.compile(r"\b(?:counter|anti)[\s-]*clock[\s-]*wise\b"), "counterclockwise"),
-    (re.compile(r"\bclock[\s-]+wise\b"), "clockwise"),
-)
-_NEGATIONS = {"not", "no", "nor", "neither", "never", "n't", "isn't", "doesn't", "aren't", "don't"}
+_STATED = {(reading, kind): re.compile(center_label(kind, lenient).pattern + value, flags)
+           for reading, (value, flags, lenient) in _STATED_VALUE.items() for kind in CENTER_KINDS}
 
 
-def _tokens(text: Any) -> list[str]:
-    """Lower-case word tokens with the forms in ``_WORD_CANON`` folded together."""
-    s = unicodedata.normalize("NFKC", str(text)).casefold().replace("\u2019", "'")
-    for pattern, repl in _PHRASE_CANON:
-        s = pattern.sub(repl, s)
-    words = re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9.,;:!?'\"()\[\]*]", s)
-    return [_singular(_WORD_CANON.get(t, t)) for t in words if t not in ("the", "a", "an")]
+def states_center(text: str, kind: str, reading: str = "lenient") -> bool:
+    """True when ``text`` states a ``kind`` centre, read as ``reading``: ``closed`` (exact label,
+    then ``[...]`` or ``null``), ``lenient`` (any case and spacing, then ``[`` or ``null``) or
+    ``release`` (exact label, then a bracketed span).
 
-
-def _singular(word: str) -> str:
-    """Crude plural folding, applied to reply and options alike ("dogs" -> "dog")."""
-    if len(word) <= 3 or not word.isalpha() or word.endswith(("ss", "us", "is")):
-        return word
-    if word.endswith("ies"):
-        return word[:-3] + "y"
-    if word.endswith(("xes", "ches", "shes", "sses")):
-        return word[:-2]
-    return word[:-1] if word.endswith("s") else word
-
-
-def _find(seq: list[str], sub: list[str]) -> list[int]:
-    n = len(sub)
-    return [i for i in range(len(seq) - n + 1) if seq[i:i + n] == sub]
-
-
-def _option_in_text(text: str, choices: Mapping[str, Any] | None, *, whole: bool) -> str | None:
-    """The one option whose text equals ``text`` (``whole``) or occurs in it as a phrase.
-
-    Word forms are folded first (``_WORD_CANON``). When several options occur, those whose
-    words lie inside another matched option's words are dropped ("left" inside "left and
-    away from the camera"), as are mentions right after a negation ("not left"); two options
-    joined by "or"/"and" ("left or right") name none; otherwise the one mentioned last wins
-    ("moving towards the right": "right", not "towards").
+    >>> states_center("camera center : [1, 2", "camera"), states_center("camera center : [1, 2", "camera", "closed")
+    (True, False)
     """
-    if not choices:
+    return _STATED[(reading, kind)].search(text) is not None
+
+
+def follows_st_cot_format(text: str) -> bool:
+    """Both tags and both centres: ``<thinking>…</thinking>``, ``<answer>…</answer>``,
+    ``Camera Center: [...]`` and ``Object Center: [...]`` (``null`` allowed for a centre).
+
+    >>> follows_st_cot_format("<thinking>Camera Center: [0, 0, 0] Object Center: null</thinking><answer>A</answer>")
+    True
+    """
+    return bool(THINK_BLOCK.search(text) and ANSWER_BLOCK.search(text)
+                and all(states_center(text, kind, "closed") for kind in CENTER_KINDS))
+
+
+UNPARSABLE = "unparsable"  # marks an entry that states a centre which cannot be read
+_CENTER_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_VALUE_LENIENT = re.compile(r"\s*(null\b|\[[^\[\]]*\])", re.IGNORECASE)
+_VALUE_RELEASE = re.compile(r"\s*(\[.*?\])")
+
+
+def _parse_vector_lenient(span: str) -> Any:
+    inner = span.strip()[1:-1]
+    if "null" in inner.lower():
         return None
-    words = _tokens(text)
-    if not words:
+    tokens = [t.strip() for t in inner.split(",")]
+    if len(tokens) != 3 or not all(_CENTER_NUMBER.fullmatch(t) for t in tokens):
+        return UNPARSABLE
+    vector = tuple(float(t) for t in tokens)
+    return vector if all(math.isfinite(v) for v in vector) else UNPARSABLE
+
+
+def _parse_vector_release(span: str) -> Any:
+    """One release entry: ``ast.literal_eval`` of the bracketed text (raises when unparsable)."""
+    if "null" in span.lower():
         return None
-    options = {str(k).upper(): _tokens(v) for k, v in choices.items()}
-    if whole:
-        found = [k for k, v in options.items() if v and v == words]
-        return found[0] if len(set(map(tuple, (options[k] for k in found)))) == 1 and found else None
-    spans: dict[str, tuple[int, int]] = {}
-    for letter, opt in options.items():
-        if not opt:
+    value = ast.literal_eval(span.strip())
+    if not (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        return UNPARSABLE  # other shapes or types: the release's shape check gives 0
+    try:
+        vector = tuple(float(v) for v in value)
+    except OverflowError:  # an integer beyond float range
+        return UNPARSABLE
+    return vector if all(math.isfinite(v) for v in vector) else UNPARSABLE
+
+
+def parse_centers(text: str, kind: str, *, lenient: bool = True) -> list[Any]:
+    """The ``kind`` ("camera" | "object") centres stated in ``text``, in order.
+
+    Each entry is ``(x, y, z)`` floats, ``None`` for ``null``, or the marker ``"unparsable"``.
+    ``lenient=False`` reads as the release does: exact label, ``ast.literal_eval``, and one
+    unparsable entry empties the list.
+
+    >>> parse_centers("Camera Center: [1, -2.5, 3e-1] camera center : null Camera Center: [a, b]", "camera")
+    [(1.0, -2.5, 0.3), None, 'unparsable']
+    """
+    label = center_label(kind, lenient)
+    value_re = _VALUE_LENIENT if lenient else _VALUE_RELEASE
+    entries: list[Any] = []
+    for m in label.finditer(text):
+        value = value_re.match(text, m.end())
+        if not lenient:
+            if value is None:
+                continue  # the release's regex needs a bracket after the label
+            try:
+                entries.append(_parse_vector_release(value.group(1)))
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                return []  # the release: any failure empties the whole prediction
             continue
-        for i in _find(words, opt):
-            negated = opt[0] not in _NEGATIONS and any(w in _NEGATIONS for w in words[max(0, i - 2):i])
-            if not negated:
-                spans[letter] = (i, i + len(opt))  # the last mention
-    # drop options covered by another match's span ("left" inside "left and right")
-    keep = {k: (a, b) for k, (a, b) in spans.items()
-            if not any(j != k and c <= a and b <= d and (d - c) > (b - a) for j, (c, d) in spans.items())}
-    if not keep:
-        return None
-    if len({tuple(options[k]) for k in keep}) == 1:
-        return sorted(keep)[0]
-    ordered = sorted(keep.values())
-    if any(words[b:c] in (["or"], ["either"], ["and"]) for (_, b), (c, _) in zip(ordered, ordered[1:])):
-        return None  # "left or right": undecided
-    return max(keep, key=lambda k: (keep[k][1], keep[k][1] - keep[k][0]))
-
-
-# --------------------------------------------------------------------------- letters in a span
-
-_JOINED_LETTER = re.compile(r"\s*(?:,|/|&|\bor\b|\band\b|\bnor\b)\s*[\(\[]?([A-Za-z])(?![A-Za-z0-9])")
-
-
-def _letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None,
-                     reply_start: bool = False) -> str | None:
-    """Read a chosen option from the start of ``span`` (the text after "answer is:" etc.;
-    the whole reply when ``reply_start``).
-
-    Returns a letter, ``""`` when the span is clearly ambiguous ("A or B"), or None when it
-    names no option.
-    """
-    lines = [ln for ln in span.strip().split("\n") if re.search(r"[A-Za-z0-9]", ln)]
-    if not lines:
-        return None
-    s = lines[0].strip().lstrip(":-=>*#\"'(;,[ \t")
-    s = re.sub(r"^(?:option|choice|letter)\s*:?\s*", "", s, flags=re.I)
-    m = re.match(r"([A-Za-z])\s*(?:[\)\]]|(?![A-Za-z0-9]))", s)
-    if m:
-        letter = m.group(1).upper()
-        rest = s[m.end():]
-        lone = ")" in m.group(0) or "]" in m.group(0) or not rest.strip() or re.match(r"\s*[.:,;)!\]'\"]", rest)
-        if letter in letters and (m.group(1).isupper() or lone):
-            other = _JOINED_LETTER.match(rest) or re.match(r"[\s.:,;)\]]*\(?([A-Z])[.)]?\s*$", rest)
-            if other and other.group(1).upper() in letters and other.group(1).upper() != letter:
-                return ""  # "A or B", "A, C", "B.A.", "C. B"
-            if m.group(1) == "A" and re.match(r" [a-z]", rest) and not lone:
-                # "A car" where an option reads "A car": the text decides; at the start of
-                # a reply, "A car is moving …" is an article, not a choice
-                by_text = _option_in_text(s, choices, whole=True)
-                if by_text or reply_start:
-                    return by_text
-            return letter
-    # the option's text instead of a letter
-    first_sentence = re.split(r"(?<=[.!?])\s", s)[0]
-    for candidate in (s, first_sentence):
-        by_text = _option_in_text(candidate, choices, whole=True)
-        if by_text:
-            return by_text
-    return None
-
-
-# --------------------------------------------------------------------------- declared answers
-
-_THEN = r"(?:\s*,?\s*(?:then|therefore|thus|clearly|simply|hence)\b\s*,?\s*:?)?"
-_DECLARED = re.compile(
-    r"(?:final|correct|right|best|most\s+(?:likely|appropriate|accurate|plausible|suitable)|my)\s+"
-    r"(?:answer|option|choice|response)\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=|:)\s*:?" + _THEN +
-    r"|\banswer\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=)\s*:?" + _THEN +
-    r"|\banswer\s*:"
-    r"|\banswer\s+(?=(?-i:[A-Z])\b)"
-    r"|\bI\s+(?:choose|select|pick|would\s+choose|will\s+choose)\b\s*:?"
-    r"|答案\s*(?:是|为)?\s*:?",
-    re.I,
-)
-
-
-def _declared(text: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None) -> str | None:
-    """The option of the last declared answer that names one.
-
-    ``""`` (no answer) when that declaration is ambiguous ("A or B"), or when the reply's
-    last declaration is followed by text that names no option ("the final answer is: N/A",
-    "…is: $LETTER"); None when the reply declares nothing.
-    """
-    matches = list(_DECLARED.finditer(text))
-    for m in reversed(matches):
-        got = _letter_at_start(text[m.end():], letters, choices)
-        if got is not None:
-            return got
-        tail = text[m.end():].strip()
-        if re.search(r"[A-Za-z0-9]", tail.split("\n")[0]):
-            # "the correct answer is that the dog is not moving": an option named in words;
-            # a declaration naming nothing ("the final answer is: N/A") means no answer
-            first_sentence = re.split(r"(?<=[.!?\n])\s", tail)[0]
-            return _option_in_text(first_sentence, choices, whole=False) or ""
-    return None
-
-
-_MENTION = re.compile(
-    r"\b(?:option|choice)\s*[\(\[]?([A-Z])(?![A-Za-z0-9])"
-    r"|(?<![A-Za-z0-9'])[\(\[]?([A-Z])[\)\]]?\s+is\s+(?:the\s+)?(?:correct|right|best|most)\b"
-    r"|(?<![A-Za-z0-9'])([A-Z])\s*[:)]\s*(\S[^\n]*)"
-)
-
-
-def _letter_mention(sentence: str, letters: tuple[str, ...], choices: Mapping[str, Any] | None) -> str | None:
-    """A letter named inside a sentence as the chosen option: "option D", "B is the correct
-    answer", or "D: <D's own text>". ``""`` when the sentence names two different ones."""
-    found = []
-    for m in _MENTION.finditer(sentence):
-        if m.group(1) or m.group(2):
-            letter = m.group(1) or m.group(2)
+        if value is None:
+            entries.append(UNPARSABLE)
+        elif value.group(1).lower() == "null":
+            entries.append(None)
         else:
-            letter = m.group(3)
-            if not choices or letter not in letters:
-                continue
-            option = _tokens(_choice_text(choices, letter))
-            if not option or _tokens(m.group(4))[:len(option)] != option:
-                continue
-        if letter in letters:
-            found.append(letter)
-    if not found:
-        return None
-    return found[0] if len(set(found)) == 1 else ""
+            entries.append(_parse_vector_lenient(value.group(1)))
+    return entries
 
 
-def _choice_text(choices: Mapping[str, Any], letter: str) -> Any:
-    for k, v in choices.items():
-        if str(k).strip().upper() == letter:
-            return v
-    return ""
-
-
-_ABSENT_AFTER = {"visible", "present", "seen", "shown", "there", "found", "detected", "depicted", "appear"}
-
-
-def _absence_option(sentence: str, choices: Mapping[str, Any]) -> str | None:
-    """The "false positive" option ("no fairy there", "there are no cars in the video") when
-    the sentence says that thing is absent: "There is no fairy visible", "No boat can be
-    seen", "The car is not visible in the video"."""
-    words = _tokens(sentence)
-    found = []
-    for letter, option in choices.items():
-        opt = _tokens(option)
-        if "no" not in opt or opt.index("no") + 1 >= len(opt):
-            continue
-        thing = opt[opt.index("no") + 1]
-        for i, w in enumerate(words):
-            if w.rstrip("e") != thing.rstrip("e"):  # "bus" / "buse" (from "buses")
-                continue
-            before, after = words[max(0, i - 2):i], words[i + 1:i + 5]
-            if "no" in before or (("not" in after or "no" in after) and _ABSENT_AFTER & set(after)):
-                found.append(str(letter).upper())
-                break
-    return found[0] if len(found) == 1 else None
-
-
-_STOPWORDS = {"is", "are", "was", "were", "be", "of", "in", "on", "to", "it", "its", "and", "at",
-              "from", "with", "by", "video", "image", "frame", "there", "this", "that", "thi"}
-
-
-def _closest_option(sentence: str, choices: Mapping[str, Any]) -> str | None:
-    """The option most of whose content words (≥ 2/3, at least two words) occur in
-    ``sentence``, un-negated, when exactly one option scores best."""
-    words = _tokens(sentence)
-    negated = {w for i, w in enumerate(words) if any(x in _NEGATIONS for x in words[max(0, i - 2):i])}
-    present = set(words) - negated
-    scores = {}
-    for letter, option in choices.items():
-        content = [w for w in _tokens(option) if w not in _STOPWORDS]
-        if len(content) < 2 or content[0] in _NEGATIONS:
-            continue
-        scores[str(letter).upper()] = sum(w in present for w in content) / len(content)
-    if not scores:
-        return None
-    best = max(scores.values())
-    winners = [k for k, v in scores.items() if v == best]
-    return winners[0] if best >= 2 / 3 and len(winners) == 1 else None
-
-
-# sentences, from the end of a reply, searched for an option named in words
-_TEXT_WINDOW = 3
-
-
-# --------------------------------------------------------------------------- public API
-
-ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)  # also the ST-reward's
-
+# --------------------------------------------------------------------------- answers
 
 def answer_part(response: str | None) -> str | None:
     """The part of an ST-CoT reply that may hold its answer, so that the words of its reasoning
@@ -358,6 +210,7 @@ def answer_part(response: str | None) -> str | None:
     if "<thinking>" in response:
         return ""
     return response
+
 
 
 def extract_choice(response: str | None, choices: Mapping[str, Any] | None = None) -> str | None:
@@ -392,10 +245,10 @@ def explain_choice(response: str | None, choices: Mapping[str, Any] | None = Non
     names two options or none)."""
     if response is None:
         return None, "none"
-    text = _clean(str(response)).strip()
+    text = clean_reply(str(response)).strip()
     if not text:
         return None, "none"
-    letters = _letters(choices)
+    letters = letters_of(choices)
 
     def done(got: str, rule: str) -> tuple[str | None, str]:
         return (got, rule) if got else (None, f"{rule}:ambiguous-or-unreadable")
@@ -405,50 +258,50 @@ def explain_choice(response: str | None, choices: Mapping[str, Any] | None = Non
             if re.search(r"[A-Za-z0-9]", t)]
     if tags:
         inner = tags[-1]
-        got = _letter_at_start(inner, letters, choices)
+        got = letter_at_start(inner, letters, choices)
         if got is None:
-            got = _declared(inner, letters, choices)
+            got = declared_answer(inner, letters, choices)
         if got is None and choices:  # "<answer>The box moves left.</answer>"
-            got = _option_in_text(inner, choices, whole=False) or _closest_option(inner, choices)
+            got = option_in_text(inner, choices, whole=False) or closest_option(inner, choices)
         # an answer block naming no option is no answer (the thinking above it is not read)
         return done(got or "", "answer-tag")
 
     # 2. a declared answer
-    got = _declared(text, letters, choices)
+    got = declared_answer(text, letters, choices)
     if got is not None:
         return done(got, "declared")
 
     # 3. the reply is an option: "C", "(C)", "C.", "C: left", "C) left"
-    got = _letter_at_start(text, letters, choices, reply_start=True)
+    got = letter_at_start(text, letters, choices, reply_start=True)
     if got is not None:
         return done(got, "option-reply")
 
-    window = re.split(r"(?<=[.!?\n])\s+", text)[-_TEXT_WINDOW:]
+    window = re.split(r"(?<=[.!?\n])\s+", text)[-TEXT_WINDOW:]
     # 4. a letter named as an option near the end: "… is 'D: further away from the camera'",
     #    "option D", "B is the correct answer"
     for sentence in reversed(window):
-        got = _letter_mention(sentence, letters, choices)
+        got = letter_mention(sentence, letters, choices)
         if got is not None:
             return done(got, "letter-mention")
 
     # 5. the thing asked about is said to be absent, and an option says so ("no fairy there")
     if choices:
         for sentence in reversed(window):
-            got = _absence_option(sentence, choices)
+            got = absence_option(sentence, choices)
             if got:
                 return got, "absent-option"
 
     # 6. an option's text instead of a letter: the last sentence naming an option
     if choices:
         for sentence in reversed(window):
-            got = _option_in_text(sentence, choices, whole=False)
+            got = option_in_text(sentence, choices, whole=False)
             if got:
                 return got, "option-text"
 
     # 7. the last sentence shares most of one option's content words ("moving towards the
     #    camera" for "closer towards the camera")
     if choices and window:
-        got = _closest_option(window[-1], choices)
+        got = closest_option(window[-1], choices)
         if got:
             return got, "closest-option"
 
@@ -587,5 +440,7 @@ def is_correct(entry: Mapping[str, Any], response: str | None) -> bool:
     return score >= 0.5 if is_numeric(entry) else score == 1.0
 
 
-__all__ = ["MRA_THRESHOLDS", "answer_letter", "answer_letters", "entry_answer", "explain_choice", "extract_choice",
-           "extract_number", "is_correct", "is_numeric", "mean_relative_accuracy", "normalize_text", "score_response"]
+__all__ = ["ANSWER_BLOCK", "MRA_THRESHOLDS", "ST_COT_TAGS", "THINK_BLOCK", "UNPARSABLE", "answer_letter",
+           "answer_letters", "answer_part", "center_label", "entry_answer", "explain_choice", "extract_choice",
+           "extract_number", "follows_st_cot_format", "is_correct", "is_numeric", "mean_relative_accuracy",
+           "normalize_text", "parse_centers", "score_response", "states_center"]

@@ -7,12 +7,10 @@ Two sub-commands::
         --bench VLM4D/real_mc.json --video-root VLM4D/ --prompt st-cot --frames 32 --out runs/vlm4d
     mllm4d eval score --predictions runs/vlm4d/predictions.json other_model.json
 
-A benchmark is a JSON list (or JSONL) of entries ``{"id", "video", "question",
-"question_type": "multiple-choice" | "numeric", "choices": {"A": ...} | null, "answer"
-(the text of the right option, or the number), "category"?}``: the kit's own ``bench.json``
-or VLM4D's ``real_mc.json`` / ``synthetic_mc.json``. Video paths relative to the bench file
-are read from beside it; VLM4D's absolute paths (the authors' machine, or URLs) are looked
-up under ``--video-root`` by their trailing path parts (``videos_real/davis/x.mp4``, then
+A benchmark is a VLM4D-format file (:mod:`mllm4d_lite.eval.bench_files`): the kit's own
+``bench.json`` or VLM4D's ``real_mc.json`` / ``synthetic_mc.json``. Video paths relative to the
+bench file are read from beside it; VLM4D's absolute paths (the authors' machine, or URLs) are
+looked up under ``--video-root`` by their trailing path parts (``videos_real/davis/x.mp4``, then
 ``davis/x.mp4``, then ``x.mp4``).
 
 ``run`` writes into ``--out``: ``predictions.jsonl`` (appended as answers come, so a stopped
@@ -36,122 +34,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from mllm4d_lite.eval.answers import answer_letters, answer_part, entry_answer, is_numeric, score_response
 from mllm4d_lite.config import ConfigError, parse_config, save_resolved
-from mllm4d_lite.io import atomic_write_json
+from mllm4d_lite.eval.answers import answer_part, is_numeric, score_response
+from mllm4d_lite.eval.bench_files import BenchError, check_entries, file_labels, load_entries, resolve_video
 from mllm4d_lite.eval.report import build_report, report_markdown, summary_line, write_report
+from mllm4d_lite.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 PROMPT_MODES = ("direct", "st-cot")
-
-
-class BenchError(ValueError):
-    """A benchmark or prediction file is unusable; the message names the file, the entry and the fix."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading and checking benchmark / prediction files
-# ----------------------------------------------------------------------------------------------
-
-def load_entries(path: str | Path) -> list[dict[str, Any]]:
-    """A JSON list of objects, or JSONL (one object per line). Errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if not stripped:
-        raise BenchError(f"{path}: empty file; expected a JSON list of entries")
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise BenchError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    else:
-        data = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                data.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BenchError(f"{path}: line {lineno} is not valid JSON ({err.msg}); expected a JSON list "
-                                 "or one JSON object per line") from None
-    if not isinstance(data, list):
-        raise BenchError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
-    for i, entry in enumerate(data):
-        if not isinstance(entry, dict):
-            raise BenchError(f"{path}: entry #{i} is a {type(entry).__name__}, not an object")
-    return data
-
-
-def _where(path: Path, index: int, entry: Mapping[str, Any]) -> str:
-    return f"{path}: entry #{index} (id {entry.get('id', '?')!r})"
-
-
-def check_entry(entry: Mapping[str, Any], index: int, path: Path, need_response: bool = False) -> None:
-    """Raise :class:`BenchError` when ``entry`` cannot be scored, naming the entry and the problem."""
-    where = _where(path, index, entry)
-    if "id" not in entry:
-        raise BenchError(f"{where}: missing field 'id'")
-    if not str(entry.get("question", "")).strip() and not need_response:
-        raise BenchError(f"{where}: missing or empty field 'question'")
-    if "answer" not in entry and "ground_truth_answer" not in entry:
-        raise BenchError(f"{where}: missing field 'answer' (the text of the right option)")
-    if need_response and "response" not in entry:
-        raise BenchError(f"{where}: missing field 'response'; a predictions file needs the model's reply "
-                         "in 'response' for every entry")
-    if need_response and entry["response"] is not None and not isinstance(entry["response"], str):
-        raise BenchError(f"{where}: 'response' must be a string, got {type(entry['response']).__name__}")
-    if is_numeric(entry):
-        try:
-            value = float(entry_answer(entry))
-        except (TypeError, ValueError):
-            raise BenchError(f"{where}: numeric question with non-numeric answer {entry_answer(entry)!r}") from None
-        if not math.isfinite(value):
-            raise BenchError(f"{where}: numeric answer {value} is not finite")
-        return
-    choices = entry.get("choices")
-    if not isinstance(choices, dict) or len(choices) < 2:
-        raise BenchError(f"{where}: 'choices' must map at least two letters to option texts, got {choices!r} "
-                         "(numeric questions need question_type 'numeric')")
-    if not answer_letters(entry_answer(entry), choices):
-        raise BenchError(f"{where}: answer {entry_answer(entry)!r} matches none of the choices {choices!r}; "
-                         "'answer' must be the text of the right option")
-
-
-def check_entries(entries: Sequence[Mapping[str, Any]], path: Path, need_response: bool = False) -> None:
-    """Check every entry and that ids are unique; all problems are reported at once (first 10)."""
-    problems = []
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(entries):
-        try:
-            check_entry(entry, i, path, need_response)
-        except BenchError as err:
-            problems.append(str(err))
-            continue
-        key = str(entry["id"])
-        if key in seen:
-            problems.append(f"{_where(path, i, entry)}: duplicate id (also entry #{seen[key]})")
-        seen[key] = i
-    if problems:
-        more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise BenchError(f"{len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'}:\n" +
-                         "\n".join(problems[:10]) + more)
-
-
-def file_labels(paths: Sequence[Path]) -> list[str]:
-    """Short names for split files: the stem, or ``parent/stem`` where stems collide."""
-    stems = [p.stem for p in paths]
-    return [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
 def scored(entry: Mapping[str, Any], response: str | None, st_cot: bool = False) -> dict[str, Any]:
@@ -229,7 +126,7 @@ def _score_main(argv: Sequence[str]) -> int:
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
-class EvalRunConfig:
+class EvalConfig:
     """Options of ``mllm4d eval run``."""
 
     model: str = field(default="tiny", metadata={"help": "tiny | tiny-motion | tiny-qwen3-vl | model folder | hub name"})
@@ -266,31 +163,6 @@ class EvalRunConfig:
             raise ConfigError(f"`max_pixels` must be >= 784 (28x28), got {self.max_pixels}")
 
 
-def resolve_video(video: Any, bench_dir: Path, video_root: Path | None) -> Path | None:
-    """The local file for an entry's ``video``, or None when it is not found.
-
-    Tried in order: the path as given (absolute, or relative to the bench file's folder);
-    then under ``video_root``: the relative path, and for absolute paths / URLs their
-    trailing parts, longest first.
-    """
-    if not video:
-        return None
-    raw = str(video)
-    is_url = "://" in raw
-    candidate = Path(raw)
-    if not is_url:
-        direct = candidate if candidate.is_absolute() else bench_dir / candidate
-        if direct.is_file():
-            return direct
-    if video_root is not None:
-        parts = [p for p in (raw.split("://", 1)[1].split("/")[1:] if is_url else candidate.parts) if p not in ("", "/")]
-        for start in range(len(parts)):
-            path = video_root.joinpath(*parts[start:])
-            if path.is_file():
-                return path
-    return None
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -306,12 +178,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _run_key(cfg: EvalRunConfig) -> dict[str, Any]:
+def _run_key(cfg: EvalConfig) -> dict[str, Any]:
     keys = ("model", "adapter", "prompt", "frames", "max_pixels", "max_new_tokens", "quant")
     return {**{k: getattr(cfg, k) for k in keys}, "bench": str(Path(cfg.bench).resolve())}
 
 
-def _check_resume(cfg: EvalRunConfig, out: Path) -> None:
+def _check_resume(cfg: EvalConfig, out: Path) -> None:
     """A resumed run must use the same model/prompt/bench, or its predictions would be mixed."""
     key_path = out / "run_key.json"
     key = _run_key(cfg)
@@ -325,45 +197,74 @@ def _check_resume(cfg: EvalRunConfig, out: Path) -> None:
         atomic_write_json(key_path, key)
 
 
-def _answer_all(cfg: EvalRunConfig, model, processor, todo: list[tuple[dict, Path]], pred_path: Path,
-                blank: bool, label: str) -> list[dict[str, Any]]:
-    """Answer ``todo`` in batches, appending each scored prediction to ``pred_path``."""
+def entry_prompt(entry: Mapping[str, Any], mode: str) -> str:
+    """The user text for a benchmark entry: question, options (none for a numeric question), and the
+    ``mode``'s instruction (``direct`` | ``st-cot``), from :mod:`mllm4d_lite.prompts`."""
+    from mllm4d_lite.prompts import build_prompt
+
+    return build_prompt(entry["question"], None if is_numeric(entry) else entry.get("choices"), mode)
+
+
+def answer_entries(model, processor, todo: Sequence[tuple[Mapping[str, Any], Any]], load_video: Callable[[Any], Any],
+                   mode: str, max_new_tokens: int, batch_size: int,
+                   label: str) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Answer benchmark entries in batches and score the replies: the loop of ``mllm4d eval run``.
+
+    ``todo`` holds ``(entry, video source)`` pairs; ``load_video(source)`` gives the decoded
+    ``(frames, metadata)``. Each batch of ``batch_size`` entries gets the kit's ``mode`` prompt
+    (:func:`entry_prompt`, with the ST-CoT system prompt in st-cot mode), greedy replies of at most
+    ``max_new_tokens`` tokens, and :func:`scored`. Yields, per batch, the scored predictions and the
+    entries skipped because their video could not be read (``{"id", "reason"}``).
+    """
     from tqdm import tqdm
 
-    from mllm4d_lite.train.model import generate_answers, load_video_for_model
-    from mllm4d_lite.prompts import ST_COT_SYSTEM_PROMPT, build_prompt
     from mllm4d_lite.curation.video import VideoError
+    from mllm4d_lite.prompts import ST_COT_SYSTEM_PROMPT
+    from mllm4d_lite.train.video_inputs import generate_answers
+
+    system = ST_COT_SYSTEM_PROMPT if mode == "st-cot" else None
+    bar = tqdm(total=len(todo), desc=f"eval {label}", unit="q", disable=not todo)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        ready, videos, prompts, skipped = [], [], [], []
+        for entry, source in batch:
+            try:
+                videos.append(load_video(source))
+            except (VideoError, OSError, ValueError) as err:
+                log.warning("entry %r: cannot read video %s (%s); skipped", entry["id"], source, err)
+                skipped.append({"id": entry["id"], "reason": f"unreadable video {source}: {err}"})
+                continue
+            ready.append(entry)
+            prompts.append(entry_prompt(entry, mode))
+        predictions = []
+        if ready:
+            replies = generate_answers(model, processor, prompts, videos, system_prompt=system,
+                                       max_new_tokens=max_new_tokens)
+            predictions = [scored(entry, reply, st_cot=mode == "st-cot") for entry, reply in zip(ready, replies)]
+        bar.update(len(batch))
+        yield predictions, skipped
+    bar.close()
+
+
+def _answer_all(cfg: EvalConfig, model, processor, todo: list[tuple[dict, Path]], pred_path: Path,
+                blank: bool, label: str) -> list[dict[str, Any]]:
+    """Answer ``todo`` in batches, appending each scored prediction to ``pred_path``."""
+    from mllm4d_lite.train.video_inputs import load_video_for_model
 
     max_new = cfg.max_new_tokens or (32 if cfg.prompt == "direct" else 1024)
-    system = ST_COT_SYSTEM_PROMPT if cfg.prompt == "st-cot" else None
     skipped: list[dict[str, Any]] = []
-    bar = tqdm(total=len(todo), desc=f"eval {label}", unit="q", disable=not todo)
     with pred_path.open("a", encoding="utf-8") as sink:
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start:start + cfg.batch_size]
-            ready, videos, prompts = [], [], []
-            for entry, video_path in batch:
-                try:
-                    videos.append(load_video_for_model(video_path, cfg.frames, blank=blank))
-                except (VideoError, OSError, ValueError) as err:
-                    log.warning("entry %r: cannot read video %s (%s); skipped", entry["id"], video_path, err)
-                    skipped.append({"id": entry["id"], "reason": f"unreadable video {video_path}: {err}"})
-                    continue
-                ready.append(entry)
-                prompts.append(build_prompt(entry["question"], None if is_numeric(entry) else entry["choices"],
-                                            cfg.prompt))
-            if ready:
-                replies = generate_answers(model, processor, prompts, videos, system_prompt=system,
-                                           max_new_tokens=max_new)
-                for entry, reply in zip(ready, replies):
-                    sink.write(json.dumps(scored(entry, reply, st_cot=cfg.prompt == "st-cot")) + "\n")
-                sink.flush()
-            bar.update(len(batch))
-    bar.close()
+        for predictions, unreadable in answer_entries(
+                model, processor, todo, lambda path: load_video_for_model(path, cfg.frames, blank=blank),
+                cfg.prompt, max_new, cfg.batch_size, label):
+            skipped += unreadable
+            for prediction in predictions:
+                sink.write(json.dumps(prediction) + "\n")
+            sink.flush()
     return skipped
 
 
-def run(cfg: EvalRunConfig) -> dict[str, Any]:
+def run(cfg: EvalConfig) -> dict[str, Any]:
     """Answer every question of ``cfg.bench`` (resumable), write predictions and the report."""
     if cfg.num_threads > 0:
         import torch
@@ -410,7 +311,7 @@ def run(cfg: EvalRunConfig) -> dict[str, Any]:
         todo = [(e, p) for e, p in resolved if str(e["id"]) not in done]
         log.info("%s pass: %d answered already, %d to go", name, len(done), len(todo))
         if todo and model is None:
-            from mllm4d_lite.train.model import load_model_and_processor
+            from mllm4d_lite.train.loading import load_model_and_processor
 
             model, processor = load_model_and_processor(cfg.model, adapter=cfg.adapter, device=cfg.device,
                                                         quant=cfg.quant, dtype=cfg.dtype,
@@ -451,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     if command != "run":
         sys.stderr.write(usage + f"mllm4d eval: error: unknown command {command!r}; use run or score\n")
         return 2
-    cfg = parse_config(EvalRunConfig, rest, prog="mllm4d eval run",
+    cfg = parse_config(EvalConfig, rest, prog="mllm4d eval run",
                        description="Answer a VLM4D-format benchmark and report accuracy per category.")
-    from mllm4d_lite.train.model import ModelSetupError
+    from mllm4d_lite.train.families import ModelSetupError
 
     try:
         report = run(cfg)
@@ -465,5 +366,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["BenchError", "EvalRunConfig", "check_entries", "load_entries", "main", "resolve_video", "run",
-           "score_files"]
+__all__ = ["EvalConfig", "answer_entries", "entry_prompt", "main", "report_rows", "run", "score_files", "scored"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from mllm4d_lite.io import atomic_write_json, atomic_write_text, save_figure
 
@@ -119,26 +119,31 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def markdown_row(cells: Iterable[Any]) -> str:
+    """One row of a Markdown table: ``| a | b |``."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def report_markdown(report: Mapping[str, Any], title: str = "Evaluation report") -> str:
     """The report as a Markdown table (one row per category, then the overall rows)."""
     has_blind = "blind" in report
     head = ["category", "n", "correct", "accuracy %", "no answer", "chance %"] + (["blind %"] if has_blind else [])
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"# {title}", "", markdown_row(head), "|" + "---|" * len(head)]
     for row in report["categories"]:
         name = row["category"] + (" (MRA)" if row["metric"] == "MRA" else "")
         cells = [name, row["n"], row["correct"], row["accuracy"], row["no_answer"], row["chance"]]
         if has_blind:
             cells.append(row.get("blind_accuracy"))
-        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append(markdown_row(_fmt(c) for c in cells))
     o = report["overall"]
     cells = ["**overall, per question**", o["n"], o["correct"], o["accuracy"], o["no_answer"], o["chance"]]
     if has_blind:
         cells.append(report["blind"]["overall"]["accuracy"])
-    lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    lines.append(markdown_row(_fmt(c) for c in cells))
     cells = ["**overall, mean over categories**", "", "", o["mean_over_categories"], "", ""]
     if has_blind:
         cells.append(report["blind"]["overall"]["mean_over_categories"])
-    lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    lines.append(markdown_row(_fmt(c) for c in cells))
     lines += ["", *[f"- {note}" for note in report["notes"]]]
     if report.get("skipped"):
         lines += ["", f"Skipped ({len(report['skipped'])}):"]

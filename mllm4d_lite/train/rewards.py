@@ -2,73 +2,21 @@
 
 Each reward has TRL's signature ``reward(completions, **kwargs) -> list[float]`` and returns
 one UNWEIGHTED score in [0, 1] per completion; the weights (release: format 0.2, accuracy 0.6,
-camera 0.1, object 0.1) live in the recipe's ``reward_weights``. Completions may be plain text
-or conversational (``[{"role": "assistant", "content": "..." | [{"type": "text", "text": ...}]}]``).
-Dataset columns arrive through ``**kwargs`` as lists, one item per completion (a scalar or a
-one-item list is broadcast): ``answer``, ``choices``, ``question_type`` (accuracy) and
-``solution`` (camera, object), as written to ``rft.jsonl`` (see design.md).
+camera 0.1, object 0.1) live in the recipe's ``reward_weights``. Completions and the dataset
+columns (``answer``, ``choices``, ``question_type`` for accuracy, ``solution`` for camera and
+object, as written to ``rft.jsonl``, see docs/data-format.md) are read by
+:mod:`mllm4d_lite.train.reward_inputs`; replies are read by :mod:`mllm4d_lite.eval.answers`, so
+training is rewarded the way the benchmark is scored.
 
 A malformed completion never raises: it scores 0 (or what the definition gives it) and is
 counted in :data:`REWARD_STATS` by reward and reason; inside TRL each call also reports the
 fraction of malformed completions through the trainer's ``log_metric`` hook as
 ``malformed/<reward>``; the accuracy reward also logs ``accuracy/<category>``, the mean
-accuracy per question category of the call (when the ``category`` column is there). A missing
-dataset column, or a column of the wrong length, is a wiring error and raises ``ValueError``.
+accuracy per question category of the call (when the ``category`` column is there).
 
-Definitions (release: ``qwen-vl-rft/ST-reward.py`` of GVCLab/MLLM-4D)
-------------------------------------------------------------------------
-- format: 0.5 if a ``<thinking>…</thinking>`` and an ``<answer>…</answer>`` block are present;
-  +0.4 if a ``Camera Center: [...]`` and an ``Object Center: [...]`` are stated; +0.1 if the
-  thinking block is longer than 20 characters.
-- accuracy: multiple choice, 1 if the option extracted from the reply by
-  :func:`mllm4d_lite.eval.answers.extract_choice` (the evaluator's extractor: the letter, or the
-  option's text, inside ``<answer>``, else a declared answer, ...) is the right option, else 0.
-  Numeric questions: the VSI-Bench mean relative accuracy of :func:`~mllm4d_lite.eval.answers.
-  extract_number`'s number (ten thresholds 0.50, 0.55, ..., 0.95). Scored by
-  :func:`mllm4d_lite.eval.answers.score_response`, i.e. exactly as the benchmark scores it.
-- camera / object: ``exp(-mean L2 error)`` (metres) between predicted and ground-truth centres
-  paired in order; 0 when counts or shapes differ; when the ground truth has no centre: 1 if
-  the prediction states none, else 0. Computed with ``math.hypot``/``math.exp``, so a huge
-  error gives exactly 0.0 (no overflow, no NaN); a non-finite number scores 0.
-
-Deviations from the release (each a field of :class:`RewardOptions`; ``strict_release=True``,
-i.e. ``RewardOptions.release()``, switches all of them off and gives the release formulas)
-------------------------------------------------------------------------------------------
-D1 ``empty_answer_guard``: an empty (whitespace-only) ``<answer></answer>`` earns no accuracy
-   (the extractor would otherwise fall back to a letter elsewhere in the reply) and not the
-   0.5 answer-format credit. Release: the empty block counts as present.
-D2 ``repeated_block_guard``: a reply with more than one ``<thinking>`` or ``<answer>`` tag
-   (opening or closing) earns format 0. Release: any number of blocks earn full credit.
-D3 ``think_inner_length``: the +0.1 needs more than 20 characters INSIDE the thinking block
-   (stripped). Release: the length of the whole match including both tags, so any thinking
-   block, even ``<thinking></thinking>`` (21 characters), earns it.
-D4 ``lenient_centers``: a centre is ``<label>: [x, y, z]`` with the label matched
-   case-insensitively and with optional spaces (``camera center : [...]``); numbers may be
-   negative, decimal or scientific; ``null`` (bare, as the kit's ST-CoT prompt asks, or
-   inside brackets) is a stated-but-unknown centre and counts as stated for the format
-   reward. Every label followed by something else (``[a, b, c]``, ``[1, 2]``, ``[[1,2,3]]``,
-   ``unknown``, a non-finite number) is an UNPARSABLE entry: it is kept, not dropped, so the
-   completion scores 0 (and, when the ground truth has no centre, it is a stated centre, so
-   also 0). Release: a case-sensitive ``Camera Center:\\s*[...]`` parsed with
-   ``ast.literal_eval``; one unparsable entry empties the whole prediction (so garbage scores
-   1 when the ground truth has no centre); format credit needs brackets, so a bare ``null``
-   does not count as stated.
-D5 ``position_pairing``: ``null`` entries keep their slot and centres are paired first-with-
-   first, last-with-last; the prediction must have as many entries (nulls included) as the
-   ground truth, and a null must sit where the ground truth has none, else 0. Release: nulls
-   are dropped from both lists and the rest paired in order (a shifted null pairs the last
-   state with the first).
-D6 ``choice_matching``: accuracy by extracted option / numeric MRA as described above.
-   Release: 1 iff the stripped text inside ``<answer>`` (or the whole stripped reply without
-   the tag) equals the ``answer`` column exactly (kit data: the option's text, so a letter
-   answer scores 0 in release mode).
-D7 ``answer_part_only`` (with D6): the option or number is read only from the part of the reply
-   that may hold the answer (:func:`mllm4d_lite.eval.answers.answer_part`): the ``<answer>`` block, else
-   what follows a closed ``</thinking>``; a reply whose ``<thinking>`` never closes has no answer.
-   Without it the extractor's fallbacks read the reasoning: in tiny GRPO runs, replies whose tags
-   had broken earned accuracy for the "right" in "dx = 0.00 m (right +)", so breaking the
-   format paid and the format reward fell (0.93 -> 0.52 in 30 steps). Release: D6 off, exact
-   string equality.
+The definitions (the release's ``qwen-vl-rft/ST-reward.py`` of GVCLab/MLLM-4D) and the kit's
+deviations from them, D1-D7 (each a field of :class:`RewardOptions`; ``strict_release=True``
+gives the release formulas), are in docs/method.md.
 
 Example::
 
@@ -82,19 +30,18 @@ Example::
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
-import json
 import logging
 import math
-import re
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from mllm4d_lite.eval.answers import ANSWER_BLOCK, answer_part, normalize_text, score_response
+from mllm4d_lite.eval.answers import (ANSWER_BLOCK, CENTER_KINDS, ST_COT_TAGS, THINK_BLOCK, UNPARSABLE, answer_part,
+                                      normalize_text, parse_centers, score_response, states_center)
+from mllm4d_lite.train.reward_inputs import as_completion_list, column, completion_text, maybe_json
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +52,7 @@ RELEASE_REWARD_WEIGHTS = {"format": 0.2, "accuracy": 0.6, "camera": 0.1, "object
 
 @dataclass(frozen=True)
 class RewardOptions:
-    """Switches for the kit's deviations from the release formulas (D1-D7, module docstring).
+    """Switches for the kit's deviations from the release formulas (D1-D7, docs/method.md).
 
     ``RewardOptions()`` is the kit's default (all on); ``RewardOptions.release()`` is the exact
     release formula (all off).
@@ -178,80 +125,6 @@ class RewardStats:
 REWARD_STATS = RewardStats()
 
 
-# --------------------------------------------------------------------------- inputs
-
-def completion_text(completion: Any) -> str | None:
-    """The text of one completion, or None when it cannot be read.
-
-    Accepts a string, a message ``{"role": "assistant", "content": ...}``, or a list of
-    messages (TRL's conversational form; the assistant messages' texts are joined with
-    newlines, messages without a role count as the assistant's). ``content`` may be a string
-    or a list of parts ``{"type": "text", "text": ...}`` (other parts are skipped).
-
-    >>> completion_text([{"role": "assistant", "content": [{"type": "text", "text": "hi"}]}])
-    'hi'
-    """
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Mapping):
-        completion = [completion]
-    if not isinstance(completion, (list, tuple)):
-        return None
-    texts = []
-    for message in completion:
-        if not isinstance(message, Mapping) or message.get("role", "assistant") != "assistant":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, (list, tuple)):
-            parts = [p if isinstance(p, str) else p.get("text") for p in content
-                     if isinstance(p, str) or (isinstance(p, Mapping) and p.get("type", "text") == "text")]
-            if not all(isinstance(p, str) for p in parts):
-                return None
-            texts.append("".join(parts))
-        else:
-            return None
-    return "\n".join(texts) if texts else None
-
-
-def _completions(completions: Any, reward: str) -> list[Any]:
-    """The batch as a list; a bare string or non-sequence is a wiring error (not model output)."""
-    if isinstance(completions, (str, bytes)) or not isinstance(completions, (list, tuple)):
-        raise ValueError(f"{reward}_reward takes a list of completions (one per sample), got "
-                         f"{type(completions).__name__}; wrap a single completion as [completion]")
-    return list(completions)
-
-
-def _column(kwargs: Mapping[str, Any], name: str, n: int, reward: str, required: bool = True) -> list[Any]:
-    """Column ``name`` as a list of ``n`` items; a scalar or a one-item list is broadcast."""
-    if name not in kwargs:
-        if not required:
-            return [None] * n
-        raise ValueError(
-            f"{reward}_reward needs the dataset column {name!r} (rft.jsonl records carry it); got "
-            f"columns {sorted(k for k in kwargs if k not in ('trainer_state', 'log_extra', 'log_metric'))}"
-        )
-    value = kwargs[name]
-    if isinstance(value, (list, tuple)):
-        if len(value) == n:
-            return list(value)
-        if len(value) == 1:
-            return list(value) * n
-        raise ValueError(f"column {name!r} has {len(value)} items for {n} completions; pass one per completion")
-    return [value] * n
-
-
-def _maybe_json(value: Any) -> Any:
-    """Columns stored as JSON strings (to dodge Arrow's struct columns) are decoded."""
-    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
 def _report(reward: str, reasons: list[str | None], log_metric: Any) -> None:
     """Count this call's outcomes and, inside TRL, log the malformed fraction."""
     REWARD_STATS.add(reward, "scored", len(reasons))
@@ -279,34 +152,19 @@ def _safe(reward: str, score: Callable[[], tuple[float, str | None]]) -> tuple[f
 
 # --------------------------------------------------------------------------- format
 
-_THINK_BLOCK = re.compile(r"<thinking>(.*?)</thinking>", re.DOTALL)
-_TAGS = ("<thinking>", "</thinking>", "<answer>", "</answer>")
-
-
-def _center_label(kind: str, lenient: bool) -> re.Pattern[str]:
-    if lenient:
-        return re.compile(kind + r"\s*center\s*:", re.IGNORECASE)
-    return re.compile(kind.capitalize() + r" Center:")
-
-
-_STATED_LENIENT = {k: re.compile(k + r"\s*center\s*:\s*(?:\[|null\b)", re.IGNORECASE) for k in ("camera", "object")}
-# The release's presence test: a bracketed span after the exact label.
-_STATED_RELEASE = {k: re.compile(k.capitalize() + r" Center:\s*(\[+.*?\]+)", re.DOTALL) for k in ("camera", "object")}
-
-
 def _format_score(text: str, opts: RewardOptions) -> tuple[float, str | None]:
-    if opts.repeated_block_guard and any(text.count(tag) > 1 for tag in _TAGS):
+    if opts.repeated_block_guard and any(text.count(tag) > 1 for tag in ST_COT_TAGS):
         return 0.0, "repeated_blocks"
-    think = _THINK_BLOCK.search(text)
+    think = THINK_BLOCK.search(text)
     answer = ANSWER_BLOCK.search(text)
     reason = None if think and answer else "missing_blocks"
     if opts.empty_answer_guard and answer and not answer.group(1).strip():
         answer, reason = None, "empty_answer"
-    stated = _STATED_LENIENT if opts.lenient_centers else _STATED_RELEASE
+    reading = "lenient" if opts.lenient_centers else "release"
     score = 0.0
     if think and answer:
         score += 0.5
-    if stated["camera"].search(text) and stated["object"].search(text):
+    if all(states_center(text, kind, reading) for kind in CENTER_KINDS):
         score += 0.4
     if think:
         length = len(think.group(1).strip()) if opts.think_inner_length else len(think.group(0))
@@ -324,7 +182,7 @@ def format_reward(completions: Sequence[Any], *, strict_release: bool = False,
     [1.0]
     """
     opts = _resolve_options(strict_release, options)
-    completions = _completions(completions, "format")
+    completions = as_completion_list(completions, "format")
     scores, reasons = [], []
     for completion in completions:
         text = completion_text(completion)
@@ -342,7 +200,7 @@ def format_reward(completions: Sequence[Any], *, strict_release: bool = False,
 
 def _clean_choices(choices: Any) -> dict[str, Any] | None:
     """Choices as ``{letter: text}`` without the ``None`` entries Arrow adds to struct columns."""
-    choices = _maybe_json(choices)
+    choices = maybe_json(choices)
     if not isinstance(choices, Mapping):
         return None
     cleaned = {str(k): v for k, v in choices.items() if v is not None}
@@ -396,11 +254,11 @@ def accuracy_reward(completions: Sequence[Any], *, strict_release: bool = False,
     [1.0, 1.0, 0.0]
     """
     opts = _resolve_options(strict_release, options)
-    completions = _completions(completions, "accuracy")
+    completions = as_completion_list(completions, "accuracy")
     n = len(completions)
-    answers = _column(kwargs, "answer", n, "accuracy")
-    choices = _column(kwargs, "choices", n, "accuracy", required=False)
-    qtypes = _column(kwargs, "question_type", n, "accuracy", required=False)
+    answers = column(kwargs, "answer", n, "accuracy")
+    choices = column(kwargs, "choices", n, "accuracy", required=False)
+    qtypes = column(kwargs, "question_type", n, "accuracy", required=False)
     scores, reasons = [], []
     for completion, answer, choice_map, qtype in zip(completions, answers, choices, qtypes):
         text = completion_text(completion)
@@ -425,7 +283,7 @@ def _report_by_category(scores: Sequence[float], kwargs: Mapping[str, Any]) -> N
     log_metric = kwargs.get("log_metric")
     if not callable(log_metric):
         return
-    categories = _column(kwargs, "category", len(scores), "accuracy", required=False)
+    categories = column(kwargs, "category", len(scores), "accuracy", required=False)
     by: dict[str, list[float]] = {}
     for category, score in zip(categories, scores):
         if category:
@@ -439,73 +297,9 @@ def _report_by_category(scores: Sequence[float], kwargs: Mapping[str, Any]) -> N
 
 # --------------------------------------------------------------------------- camera / object centres
 
-_UNPARSABLE = "unparsable"  # marker for an entry that states a centre we cannot read
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_VALUE_LENIENT = re.compile(r"\s*(null\b|\[[^\[\]]*\])", re.IGNORECASE)
-_VALUE_RELEASE = re.compile(r"\s*(\[.*?\])")
-
-
-def _parse_vector_lenient(span: str) -> Any:
-    inner = span.strip()[1:-1]
-    if "null" in inner.lower():
-        return None
-    tokens = [t.strip() for t in inner.split(",")]
-    if len(tokens) != 3 or not all(_NUMBER.fullmatch(t) for t in tokens):
-        return _UNPARSABLE
-    vector = tuple(float(t) for t in tokens)
-    return vector if all(math.isfinite(v) for v in vector) else _UNPARSABLE
-
-
-def _parse_vector_release(span: str) -> Any:
-    """One release entry: ``ast.literal_eval`` of the bracketed text (raises when unparsable)."""
-    if "null" in span.lower():
-        return None
-    value = ast.literal_eval(span.strip())
-    if not (isinstance(value, (list, tuple)) and len(value) == 3
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        return _UNPARSABLE  # other shapes or types: the release's shape check gives 0
-    try:
-        vector = tuple(float(v) for v in value)
-    except OverflowError:  # an integer beyond float range
-        return _UNPARSABLE
-    return vector if all(math.isfinite(v) for v in vector) else _UNPARSABLE
-
-
-def parse_centers(text: str, kind: str, *, lenient: bool = True) -> list[Any]:
-    """The ``kind`` ("camera" | "object") centres stated in ``text``, in order.
-
-    Each entry is ``(x, y, z)`` floats, ``None`` for ``null``, or the marker ``"unparsable"``.
-    ``lenient=False`` reads as the release does: exact label, ``ast.literal_eval``, and one
-    unparsable entry empties the list.
-
-    >>> parse_centers("Camera Center: [1, -2.5, 3e-1] camera center : null Camera Center: [a, b]", "camera")
-    [(1.0, -2.5, 0.3), None, 'unparsable']
-    """
-    label = _center_label(kind, lenient)
-    value_re = _VALUE_LENIENT if lenient else _VALUE_RELEASE
-    entries: list[Any] = []
-    for m in label.finditer(text):
-        value = value_re.match(text, m.end())
-        if not lenient:
-            if value is None:
-                continue  # the release's regex needs a bracket after the label
-            try:
-                entries.append(_parse_vector_release(value.group(1)))
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                return []  # the release: any failure empties the whole prediction
-            continue
-        if value is None:
-            entries.append(_UNPARSABLE)
-        elif value.group(1).lower() == "null":
-            entries.append(None)
-        else:
-            entries.append(_parse_vector_lenient(value.group(1)))
-    return entries
-
-
 def _ground_truth_centers(solution: Any, key: str) -> list[tuple[float, float, float] | None] | None:
     """``solution[key]`` as a list of (x, y, z) | None; None when the record is broken."""
-    solution = _maybe_json(solution)
+    solution = maybe_json(solution)
     if isinstance(solution, (list, tuple)) and len(solution) == 1:  # the release's [dict] form
         solution = solution[0]
     if not isinstance(solution, Mapping):
@@ -543,7 +337,7 @@ def _center_score(text: str, gt: list[Any] | None, kind: str, opts: RewardOption
         pairs = list(zip(stated, truth))
     errors_m = []
     for p, g in pairs:
-        if p is _UNPARSABLE:
+        if p is UNPARSABLE:
             return 0.0, "unparsable_center"
         if p is None or g is None:
             return 0.0, "null_mismatch"
@@ -555,8 +349,8 @@ def _center_score(text: str, gt: list[Any] | None, kind: str, opts: RewardOption
 def _centers_reward(kind: str, completions: Sequence[Any], strict_release: bool,
                     options: RewardOptions | None, kwargs: Mapping[str, Any]) -> list[float]:
     opts = _resolve_options(strict_release, options)
-    completions = _completions(completions, kind)
-    solutions = _column(kwargs, "solution", len(completions), kind)
+    completions = as_completion_list(completions, kind)
+    solutions = column(kwargs, "solution", len(completions), kind)
     key = f"{kind}_center"
     scores, reasons = [], []
     for completion, solution in zip(completions, solutions):
