@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mllm4d-lite: one entry point for a fresh machine.
 #   bash run.sh                 set up, then run the end-to-end demo on the tiny CPU profile
-#   bash run.sh test [ARGS]     set up, then run the test suite (ARGS go to pytest)
+#   bash run.sh test [ARGS]     set up, then the fast test suite (tests marked slow deselected;
+#                               ARGS go to pytest); `bash run.sh test --all` runs every test (CI)
 #   bash run.sh setup [--gpu]   set up only (--gpu: also the optional GPU extras, NVIDIA only)
 #   bash run.sh demo [ARGS]     set up, then `mllm4d demo ARGS`
 # Set-up creates .venv when missing, installs requirements.txt (exact pins) and the kit,
@@ -54,7 +55,11 @@ case "$cmd" in
     test)
         setup
         export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-        exec "$VENV/bin/python" -m pytest -q "$@"
+        args=()
+        for arg in "$@"; do
+            if [ "$arg" = "--all" ]; then args+=(-m ""); else args+=("$arg"); fi   # -m "": no marker filter
+        done
+        exec "$VENV/bin/python" -m pytest -q "${args[@]}"
         ;;
     demo)
         setup
@@ -62,7 +67,7 @@ case "$cmd" in
         exec "$VENV/bin/mllm4d" demo "$@"
         ;;
     -h|--help|help)
-        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         echo "run.sh: unknown command '$cmd' (use: setup, test, demo)" >&2
