@@ -129,7 +129,10 @@ def _score_main(argv: Sequence[str]) -> int:
 class EvalConfig:
     """Options of ``mllm4d eval run``."""
 
-    model: str = field(default="tiny", metadata={"help": "tiny | tiny-motion | tiny-qwen3-vl | model folder | hub name"})
+    model: str = field(default="tiny", metadata={"help": "tiny | tiny-motion | tiny-qwen3-vl | shapes:<name> | model "
+                                                         "folder | hub name"})
+    shape_layers: int = field(default=0, metadata={
+        "help": "shapes:* models only: decoder layers and vision blocks to build (0 = full depth)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (sft / grpo output)"})
     bench: str = field(default="", metadata={"help": "VLM4D-format benchmark file (JSON list or JSONL)"})
     video_root: str | None = field(default=None, metadata={
@@ -180,7 +183,10 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _run_key(cfg: EvalConfig) -> dict[str, Any]:
     keys = ("model", "adapter", "prompt", "frames", "max_pixels", "max_new_tokens", "quant")
-    return {**{k: getattr(cfg, k) for k in keys}, "bench": str(Path(cfg.bench).resolve())}
+    key = {**{k: getattr(cfg, k) for k in keys}, "bench": str(Path(cfg.bench).resolve())}
+    if str(cfg.model).startswith("shapes:"):  # only then: older run keys stay valid
+        key["shape_layers"] = cfg.shape_layers
+    return key
 
 
 def _check_resume(cfg: EvalConfig, out: Path) -> None:
@@ -315,7 +321,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
             model, processor = load_model_and_processor(cfg.model, adapter=cfg.adapter, device=cfg.device,
                                                         quant=cfg.quant, dtype=cfg.dtype,
-                                                        use_unsloth=cfg.use_unsloth, max_pixels=cfg.max_pixels)
+                                                        use_unsloth=cfg.use_unsloth, max_pixels=cfg.max_pixels,
+                                                        shape_layers=cfg.shape_layers)
         unreadable = _answer_all(cfg, model, processor, todo, pred_path, blank, name) if todo else []
         if name == "model":
             skipped += unreadable

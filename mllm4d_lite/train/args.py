@@ -30,7 +30,10 @@ class ModelArgs:
     """The model a stage trains, and how it is loaded."""
 
     model: str = field(default="tiny", metadata={
-        "help": "tiny | tiny-motion | tiny-qwen3-vl | model folder | hub name"})
+        "help": "tiny | tiny-motion | tiny-qwen3-vl | shapes:qwen2.5-vl-3b | shapes:qwen3-vl-4b | "
+                "shapes:qwen3-vl-8b | model folder | hub name"})
+    shape_layers: int = field(default=0, metadata={
+        "help": "shapes:* models only: decoder layers and vision blocks to build (0 = full depth)"})
     adapter_init: str | None = field(default=None, metadata={
         "help": "LoRA adapter folder to start from and keep training (cold start: the SFT adapter; GRPO: the "
                 "cold-start adapter, a frozen copy of which is the KL reference); unset = a fresh LoRA "
@@ -127,6 +130,8 @@ def check_shared(cfg: Any) -> None:
     """The checks every stage config composed of :class:`ModelArgs` and :class:`VideoArgs` makes."""
     if cfg.quant not in QUANT_CHOICES:
         raise ConfigError(f"`quant: {cfg.quant}` is not one of none, 4bit, 8bit")
+    if cfg.shape_layers < 0:
+        raise ConfigError(f"`shape_layers: {cfg.shape_layers}` must be >= 0 (0 = full depth)")
     if cfg.num_frames < 2:
         raise ConfigError(f"`num_frames: {cfg.num_frames}` must be >= 2 (the temporal patch is 2 frames)")
     if cfg.min_pixels is not None and cfg.max_pixels is not None and cfg.min_pixels > cfg.max_pixels:

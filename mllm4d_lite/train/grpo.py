@@ -84,7 +84,7 @@ def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = No
     model, processor = load_model_and_processor(
         cfg.model, adapter=cfg.adapter_init, device=device, quant=cfg.quant, dtype=cfg.dtype,
         use_unsloth=cfg.use_unsloth, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels,
-        gradient_checkpointing=cfg.gradient_checkpointing, trainable_adapter=True)
+        gradient_checkpointing=cfg.gradient_checkpointing, trainable_adapter=True, shape_layers=cfg.shape_layers)
     peft_config = None
     if not cfg.adapter_init:
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -22,10 +22,16 @@ from mllm4d_lite.train.tiny_model import tiny_model_dir
 log = logging.getLogger(__name__)
 
 
-def resolve_model_name(name: str) -> str:
+def resolve_model_name(name: str, shape_layers: int = 0) -> str:
     """``tiny`` / ``tiny-qwen2.5-vl`` / ``tiny-qwen3-vl`` -> the cached tiny folder, ``tiny-motion``
     -> the tiny Qwen2.5-VL with the motion vision tower
-    (:func:`mllm4d_lite.train.tiny_model.motion_vision_tower`); else as given."""
+    (:func:`mllm4d_lite.train.tiny_model.motion_vision_tower`); ``shapes:<name>`` -> the cached
+    random-weight real architecture with ``shape_layers`` layers (0 = full depth;
+    :mod:`mllm4d_lite.train.shapes`); else as given."""
+    if name.startswith("shapes:"):
+        from mllm4d_lite.train.shapes import shape_model_dir
+
+        return str(shape_model_dir(name, shape_layers))
     if name in ("tiny", "tiny-qwen2.5-vl"):
         return str(tiny_model_dir("qwen2.5-vl"))
     if name == "tiny-motion":
@@ -35,7 +41,7 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
-def warn_if_adapter_base_differs(adapter: str | Path, model: str) -> str | None:
+def warn_if_adapter_base_differs(adapter: str | Path, model: str, shape_layers: int = 0) -> str | None:
     """Log (and return) a warning when the LoRA adapter in ``adapter`` was trained on another base
     than ``model`` (a name or folder): shapes may still match, as between the tiny builds, and the
     run would go on with weights learnt for another model."""
@@ -44,7 +50,7 @@ def warn_if_adapter_base_differs(adapter: str | Path, model: str) -> str | None:
     except (OSError, ValueError):
         return None
     if not trained_on or str(trained_on) == model \
-            or Path(str(trained_on)).resolve() == Path(resolve_model_name(model)).resolve():
+            or Path(str(trained_on)).resolve() == Path(resolve_model_name(model, shape_layers)).resolve():
         return None
     message = (f"adapter {adapter} was trained on {trained_on} but the model is {model}; LoRA shapes may still "
                "match, but its weights were learnt for another base (pass the model it was trained on)")
@@ -145,7 +151,8 @@ def set_pixel_budget(processor, max_pixels: int | None = None, min_pixels: int |
 def load_model_and_processor(model: str, adapter: str | None = None, device: str | None = None,
                              quant: str | None = None, dtype: str | None = None, use_unsloth: bool = False,
                              max_pixels: int | None = None, min_pixels: int | None = None,
-                             gradient_checkpointing: bool = False, trainable_adapter: bool = False):
+                             gradient_checkpointing: bool = False, trainable_adapter: bool = False,
+                             shape_layers: int = 0):
     """Load a Qwen-VL (tiny folder, local folder or hub name) and its processor.
 
     Args:
@@ -155,6 +162,7 @@ def load_model_and_processor(model: str, adapter: str | None = None, device: str
         use_unsloth: load through Unsloth's vision loader (CUDA only; falls back with a warning
             when Unsloth does not import).
         trainable_adapter: keep the adapter's LoRA weights trainable (continue training from it).
+        shape_layers: decoder layers and vision blocks of a ``shapes:`` model (0 = full depth).
     Returns: (model, processor), model in eval mode unless ``trainable_adapter``.
     """
     from transformers import AutoModelForImageTextToText
@@ -162,7 +170,7 @@ def load_model_and_processor(model: str, adapter: str | None = None, device: str
     device = pick_device(device)
     check_gpu_only_settings(device, use_unsloth=use_unsloth)
     torch_dtype = pick_dtype(dtype, device)
-    path = resolve_model_name(model)
+    path = resolve_model_name(model, shape_layers)
     if quant not in (None, "", "none") and not device.startswith("cuda"):
         warnings.warn(f"`quant: {quant}` on CPU works through bitsandbytes but is slow; "
                       "use `quant: none` with recipes/tiny/ on CPU", stacklevel=2)
@@ -189,7 +197,7 @@ def load_model_and_processor(model: str, adapter: str | None = None, device: str
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ModelSetupError(f"{adapter}: no adapter_config.json; pass the folder an `mllm4d sft`/`grpo` run "
                                   "wrote its adapter to (e.g. runs/demo/sft/adapter)")
-        warn_if_adapter_base_differs(adapter, model)
+        warn_if_adapter_base_differs(adapter, model, shape_layers)
         net = PeftModel.from_pretrained(net, adapter, is_trainable=trainable_adapter)
     if not trainable_adapter:
         net.eval()

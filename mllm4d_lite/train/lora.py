@@ -91,7 +91,7 @@ def attach_lora(model, cfg: SFTConfig):
                               "adapter/ folder an `mllm4d sft` run wrote (e.g. runs/tiny/sft/adapter)")
         log.info("continuing from adapter %s (its LoRA r/alpha/targets apply; lora_* settings ignored)",
                  cfg.adapter_init)
-        warn_if_adapter_base_differs(cfg.adapter_init, cfg.model)
+        warn_if_adapter_base_differs(cfg.adapter_init, cfg.model, cfg.shape_layers)
         return PeftModel.from_pretrained(model, cfg.adapter_init, is_trainable=True)
     targets = resolve_lora_targets(model, cfg.lora_target_modules, cfg.train_merger)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

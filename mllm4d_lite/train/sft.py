@@ -190,7 +190,7 @@ def run(cfg: SFTConfig, return_trainer: bool = False):
     model, processor = load_model_and_processor(
         cfg.model, device=device, quant=cfg.quant, dtype=cfg.dtype, use_unsloth=cfg.use_unsloth,
         max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels, gradient_checkpointing=cfg.gradient_checkpointing,
-        trainable_adapter=True)
+        trainable_adapter=True, shape_layers=cfg.shape_layers)
     if cfg.use_unsloth and unsloth_importable():
         model = attach_lora_unsloth(model, cfg)
     else:
