@@ -21,6 +21,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "grpo": ("mllm4d_lite.train.grpo", "GRPO reinforcement fine-tuning with the ST-CoT prompt and ST-reward"),
     "eval": ("mllm4d_lite.eval.evaluate", "evaluate on VLM4D-format benchmarks / score prediction files"),
     "demo": ("mllm4d_lite.demo.run", "run every stage end to end on a profile (tiny by default)"),
+    "plan": ("mllm4d_lite.train.plan", "predict a recipe's peak GPU memory per component before launch"),
 }
 
 USAGE = "usage: mllm4d [-h] {" + ",".join(STAGES) + "} ...\n"
