@@ -3,6 +3,9 @@
 Every field has a default and a ``help`` string in its metadata. Unknown keys (in the
 YAML or on the command line) are errors, values are type-checked on load, and every
 stage saves its resolved config (plus seed and git revision) beside its outputs.
+Command-line values are converted by the field's type annotation, never by YAML's guessing
+(``--out 2024_01`` stays ``"2024_01"``; see :func:`_from_cli`), and numbers pass
+:func:`mllm4d_lite.checks.check_number` (finite, the right type).
 
 Example::
 
@@ -28,6 +31,7 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from mllm4d_lite.checks import NumberError, check_number
 from mllm4d_lite.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -43,8 +47,54 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+class CliText(str):
+    """A value exactly as typed on a command line (``--key VALUE``, ``--set KEY=VALUE``): it is
+    converted by the field's type annotation in :func:`_coerce`, never by YAML's guessing."""
+
+
+_YAML_NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _scalar_types(tp: Any) -> bool:
+    return tp in (str, int, float, bool)
+
+
+def _from_cli(raw: str, tp: Any) -> Any:
+    """A command-line string -> the input :func:`_coerce` expects for the field type ``tp``.
+
+    ``str`` fields keep the text verbatim (``--out 2024_01`` stays ``"2024_01"``, ``--out no``
+    stays ``"no"``); ``int`` / ``float`` / ``bool`` fields get the text, which :func:`_coerce`
+    parses (numbers through :func:`mllm4d_lite.checks.check_number`); ``Optional[X]`` is ``None``
+    for YAML's null spellings (``""``, ``~``, ``null``) and X otherwise; lists of those scalars
+    are split by YAML's structure only (``[a, b]``; every item stays text) or by commas. Only
+    fields typed ``Any``, ``dict`` or a mix still get YAML's typed scalars, as before.
+    """
+    raw = str(raw)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if type(None) in args and raw.strip() in _YAML_NULLS:
+            return None
+        if len(inner) == 1:
+            return _from_cli(raw, inner[0])
+    elif _scalar_types(tp):
+        return raw
+    elif (origin in (list, tuple) or tp in (list, tuple)) and all(_scalar_types(a) for a in args) and args:
+        try:
+            return yaml.load(raw, Loader=yaml.BaseLoader)  # structure only: every scalar stays a string
+        except yaml.YAMLError:
+            return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def _coerce(name: str, value: Any, tp: Any) -> Any:
-    """Check/convert ``value`` to the annotated type ``tp`` (int, float, str, bool, list, dict, Optional)."""
+    """Check/convert ``value`` to the annotated type ``tp`` (int, float, str, bool, list, dict, Optional);
+    a :class:`CliText` is first read by the type (:func:`_from_cli`)."""
+    if isinstance(value, CliText):
+        value = _from_cli(value, tp)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -69,23 +119,13 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
         raise ConfigError(f"`{name}` must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
-            raise ConfigError(f"`{name}` must be an integer, got {value!r}")
+    if tp is int or tp is float:  # the one number check: right type and finite (mllm4d_lite.checks)
+        if isinstance(value, (dict, list, tuple)) or value is None:
+            raise ConfigError(f"`{name}` must be {'an integer' if tp is int else 'a number'}, got {value!r}")
         try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"`{name}` must be an integer, got {value!r}") from None
-        if as_float != int(as_float):
-            raise ConfigError(f"`{name}` must be an integer, got {value!r}")
-        return int(as_float)
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"`{name}` must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"`{name}` must be a number, got {value!r}") from None
+            return check_number(value, f"`{name}`", kind=tp)
+        except NumberError as err:
+            raise ConfigError(str(err)) from None
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"`{name}` must be a string, got {value!r}")
@@ -150,16 +190,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _parse_cli_value(raw: str) -> Any:
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
+def _parse_cli_value(raw: str) -> CliText:
+    """A command-line value, kept as typed; :func:`build_config` converts it by the field's type."""
+    return CliText(raw)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` (the bench scripts' ``--set``) -> ``{key: value}``; values parse as
-    on the stage command lines (YAML scalars and lists), dashes in keys become underscores."""
+    """``["key=value", ...]`` (the bench scripts' ``--set``) -> ``{key: CliText(value)}``; values are
+    converted by :func:`build_config` as on the stage command lines (by the field's type, see
+    :func:`_from_cli`), dashes in keys become underscores."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")

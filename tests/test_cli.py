@@ -90,10 +90,18 @@ def test_a_bad_recipe_file_is_one_error_line_naming_it(tmp_path, capsys, text, m
 
 
 def test_bench_overrides_parse_like_the_command_line():
+    @dataclass
+    class _Bench:
+        learning_rate: float = 1e-4
+        lora_target_modules: list[str] = field(default_factory=list)
+        blind: bool = False
+        model: str = ""
+
     got = parse_overrides(["learning-rate=0.0005", "lora_target_modules=[q_proj, 'model\\.visual\\.x']",
                            "blind=true", "model=tiny"])
-    assert got == {"learning_rate": 0.0005, "lora_target_modules": ["q_proj", "model\\.visual\\.x"],
-                   "blind": True, "model": "tiny"}
+    assert got == {"learning_rate": "0.0005", "lora_target_modules": "[q_proj, 'model\\.visual\\.x']",
+                   "blind": "true", "model": "tiny"}  # kept as typed; the field's type converts them
+    assert build_config(_Bench, got) == _Bench(0.0005, ["q_proj", "model\\.visual\\.x"], True, "tiny")
     for bad in ("no_equals_sign", "=1"):
         with pytest.raises(ConfigError, match="KEY=VALUE"):
             parse_overrides([bad])

@@ -167,7 +167,7 @@ def test_unwritable_output(clip, tmp_path):
 def test_bad_clip_id_and_depth_shape(clip, tmp_path):
     import dataclasses
 
-    with pytest.raises(ClipError, match="cannot be a folder name"):
+    with pytest.raises(ClipError, match="contains a path separator, so it cannot be a file name"):
         save_clip(dataclasses.replace(clip, clip_id="../escape"), tmp_path)
     with pytest.raises(ClipError, match="gt_depth_m shape"):
         save_clip(dataclasses.replace(clip, gt_depth_m=clip.gt_depth_m[:2]), tmp_path)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from mllm4d_lite.io import UnsafeIdError, safe_id
+
 
 class AnnotationError(ValueError):
     """Bad annotation input; the message names the file / clip and the fix."""
@@ -28,6 +30,10 @@ def validate_annotation(ann: Any, name: str = "annotation") -> None:
     missing = [k for k in required if k not in ann]
     if missing:
         raise AnnotationError(f"{name}: missing key(s) {missing}; re-run `mllm4d curate` to rewrite the annotation")
+    try:
+        safe_id(ann["clip_id"], "clip_id", name)  # it names files (annotations/<clip_id>.json, record ids)
+    except UnsafeIdError as err:
+        raise AnnotationError(f"{err}; re-run `mllm4d curate`") from None
     n = ann["num_frames"]
     if not isinstance(n, int) or n < 2:
         raise AnnotationError(f"{name}: num_frames must be an integer >= 2, got {n!r}")

@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from mllm4d_lite.checks import MAX_FPS, MAX_SIDE_PX, NumberError, check_number
+from mllm4d_lite.io import UnsafeIdError, id_path, safe_id
+
 log = logging.getLogger(__name__)
 
 # clip.json keys with a fixed meaning; any other key is kept in Clip.meta and written back.
@@ -96,8 +99,11 @@ class Clip:
             )
         if self.num_frames == 0:
             raise ClipError(f"{name}: clip has no frames")
-        if not (self.baseline_m > 0):
-            raise ClipError(f"{name}: baseline_m must be > 0, got {self.baseline_m}; fix the calibration")
+        try:  # the one number check (mllm4d_lite.checks)
+            check_number(self.baseline_m, "baseline_m", name, gt=0, strings=False, fix="fix the calibration")
+            check_number(self.fps, "fps", name, gt=0, le=MAX_FPS, strings=False, fix="fix the frame rate")
+        except NumberError as err:
+            raise ClipError(str(err)) from None
         if self.K.shape != (3, 3) or not (self.K[0, 0] > 0 and self.K[1, 1] > 0):
             raise ClipError(f"{name}: K must be 3x3 with positive focal lengths, got {self.K.tolist()}")
         if self.masks is not None and self.masks.shape != self.left.shape[:3]:
@@ -148,8 +154,10 @@ def save_clip(clip: Clip, out_dir: str | Path, crf: int = 18) -> Path:
     from mllm4d_lite.curation.video import write_video
 
     clip.check()
-    if not clip.clip_id or clip.clip_id in (".", "..") or any(c in clip.clip_id for c in "/\\"):
-        raise ClipError(f"clip_id {clip.clip_id!r} cannot be a folder name; use letters, digits, '_' or '-'")
+    try:
+        safe_id(clip.clip_id, "clip_id")
+    except UnsafeIdError as err:
+        raise ClipError(str(err)) from None
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +167,7 @@ def save_clip(clip: Clip, out_dir: str | Path, crf: int = 18) -> Path:
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a clip folder is as readable as any other
     except OSError as err:
         raise ClipError(f"cannot write into {out_dir} ({err.strerror}); choose a writable output folder") from None
-    final = out_dir / clip.clip_id
+    final = id_path(out_dir, clip.clip_id, what="clip_id")
     try:
         (tmp / "clip.json").write_text(json.dumps(_clip_json(clip), indent=1))
         write_video(tmp / "left.mp4", clip.left, clip.fps, crf=crf)
@@ -197,7 +205,13 @@ def _parse_K(value: Any, path: Path) -> np.ndarray:
         K = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
         K = np.zeros(0)
-    ok = K.shape == (3, 3) and np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0
+    ok = K.shape == (3, 3) and np.all(np.isfinite(K))
+    if ok:
+        try:  # focal lengths through the one number check
+            for v in (K[0, 0], K[1, 1]):
+                check_number(float(v), "focal length", gt=0)
+        except NumberError:
+            ok = False
     ok = ok and np.allclose(K[2], [0, 0, 1]) and K[1, 0] == 0 and K[2, 0] == 0
     if not ok:
         raise ClipError(
@@ -229,17 +243,22 @@ def load_clip(clip_dir: str | Path, load_depth: bool = True) -> Clip:
     missing = [k for k in ("fps", "width", "height", "num_frames", "K", "baseline_m") if k not in meta]
     if missing:
         raise ClipError(f"{meta_path}: missing key(s) {missing}; add them (see docs/data-format.md, clip.json)")
-    K = _parse_K(meta["K"], meta_path)
     try:
-        baseline_m, fps = float(meta["baseline_m"]), float(meta["fps"])
-        width, height, num_frames = int(meta["width"]), int(meta["height"]), int(meta["num_frames"])
-    except (TypeError, ValueError) as err:
-        raise ClipError(f"{meta_path}: non-numeric fps/width/height/num_frames/baseline_m ({err})") from None
-    if not (baseline_m > 0):
-        raise ClipError(f"{meta_path}: baseline_m must be > 0 metres, got {meta['baseline_m']}; fix the calibration")
-    if not (fps > 0) or num_frames < 1 or width < 1 or height < 1:
-        raise ClipError(f"{meta_path}: fps, num_frames, width and height must be positive, got "
-                        f"{fps}, {num_frames}, {width}, {height}")
+        raw_id = meta.get("clip_id", clip_dir.name)
+        clip_id = safe_id(str(raw_id) if type(raw_id) is int else raw_id, "clip_id", meta_path)
+    except UnsafeIdError as err:
+        raise ClipError(f"{err}; fix clip.json") from None
+    K = _parse_K(meta["K"], meta_path)
+    try:  # the one number check (mllm4d_lite.checks): right type, finite, in range
+        baseline_m = check_number(meta["baseline_m"], "baseline_m", meta_path, gt=0,
+                                  fix="metres between the two optical centres; fix the calibration")
+        fps = check_number(meta["fps"], "fps", meta_path, gt=0, le=MAX_FPS, fix="fix clip.json")
+        width, height = (check_number(meta[k], k, meta_path, kind=int, ge=1, le=MAX_SIDE_PX, fix="fix clip.json")
+                         for k in ("width", "height"))
+        num_frames = check_number(meta["num_frames"], "num_frames", meta_path, kind=int, ge=1,
+                                  fix="set it to the frame count of left.mp4 / right.mp4")
+    except NumberError as err:
+        raise ClipError(str(err)) from None
     views = {}
     for view in ("left", "right"):
         vpath = clip_dir / f"{view}.mp4"
@@ -288,7 +307,7 @@ def load_clip(clip_dir: str | Path, load_depth: bool = True) -> Clip:
         if depth.shape != (num_frames, height, width):
             raise ClipError(f"{dpath}: depth shape {depth.shape} != {(num_frames, height, width)}")
     clip = Clip(
-        clip_id=str(meta.get("clip_id", clip_dir.name)), left=views["left"], right=views["right"],
+        clip_id=clip_id, left=views["left"], right=views["right"],
         K=K, baseline_m=baseline_m, fps=fps, source=str(meta.get("source", "unknown")),
         masks=masks, labels=labels, gt=gt, gt_depth_m=depth, license=meta.get("license"),
         path=clip_dir, meta={k: v for k, v in meta.items() if k not in _CLIP_JSON_KEYS},

@@ -42,7 +42,7 @@ from mllm4d_lite.curation.annotation import annotation_from_gt, annotation_from_
 from mllm4d_lite.curation.clip import Clip, ClipError
 from mllm4d_lite.curation.scorecard import aggregate_scores, plot_clip, score_clip, scorecard_text
 from mllm4d_lite.curation.sources import ClipSource, find_sources
-from mllm4d_lite.io import atomic_write_json
+from mllm4d_lite.io import OutputDirError, atomic_write_json, id_path, prepare_output_dir, write_error_text
 from mllm4d_lite.qa.agreement import agreement, scorecard_line
 from mllm4d_lite.qa.config import QAConfig
 from mllm4d_lite.qa.dataset import build_datasets
@@ -171,9 +171,11 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
                                   "num_frames": clip.num_frames}
         if cfg.score and clip.gt is not None and disparity is not None:
             result["score"] = score_clip(clip, ann, disparity)
+        # the clip id comes from data (clip.json, a file name): it must stay one plain file name
+        ann_path = id_path(Path(out_dir) / "annotations", clip.clip_id, ".json", "clip_id", clip.path)
         if cfg.plot:
-            plot_clip(clip, ann, Path(out_dir) / "plots" / f"{clip.clip_id}.png")
-        atomic_write_json(Path(out_dir) / "annotations" / f"{clip.clip_id}.json", ann)
+            plot_clip(clip, ann, id_path(Path(out_dir) / "plots", clip.clip_id, ".png", "clip_id", clip.path))
+        atomic_write_json(ann_path, ann)
         return result
     except (ClipError, ValueError, OSError) as err:  # VideoError/StereoError are ValueErrors
         return {"error": f"{source.path}: {err}", "source": source.path}
@@ -224,10 +226,18 @@ def run(run_cfg: Any) -> int:
         if not sources:
             raise ClipError(f"{cfg.clips}: no clips found (native clip folders, KITTI drives, side-by-side videos "
                             "with .calib.yaml, or left/ + right/ frame folders with calib.yaml)")
-    except (ConfigError, ClipError) as err:
+        out = prepare_output_dir(cfg.out)  # a file, read-only: one error line before any work
+    except (ConfigError, ClipError, OutputDirError) as err:
         sys.stderr.write(f"mllm4d curate: error: {err}\n")
         return 2
-    out = Path(cfg.out)
+    try:
+        return _curate(run_cfg, cfg, sources, out)
+    except OSError as err:  # e.g. the disk filled up: one line, no traceback, no temporary files left
+        sys.stderr.write(f"mllm4d curate: error: {write_error_text(err, out)}\n")
+        return 2
+
+
+def _curate(run_cfg: Any, cfg: CurateConfig, sources: list[ClipSource], out: Path) -> int:
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     save_resolved(run_cfg, out)
     settings = asdict(run_cfg)

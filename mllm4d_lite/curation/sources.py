@@ -47,7 +47,9 @@ import numpy as np
 import yaml
 
 from mllm4d_lite.curation.clip import Clip, ClipError
+from mllm4d_lite.checks import MAX_FPS, NumberError, check_number
 from mllm4d_lite.config import yaml_error_text
+from mllm4d_lite.io import UnsafeIdError, safe_id
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +59,18 @@ CALIB_NAMES = ("calib.yaml", "calib.yml", "calib.json")
 
 
 # ----------------------------------------------------------------------------- calibration
-def _positive(path: Path, data: dict[str, Any], key: str, default: float | None = None) -> float:
+def _positive(path: Path, data: dict[str, Any], key: str, default: float | None = None,
+              le: float | None = None) -> float:
+    """``data[key]`` (or ``default`` when absent) through the one number check: finite, > 0."""
     if key not in data:
         if default is not None:
             return float(default)
         raise ClipError(f"{path}: calibration lacks `{key}`; add it (see mllm4d_lite/curation/sources.py for the format)")
+    hint = "the right camera must sit at +baseline_m along x; " if key == "baseline_m" else ""
     try:
-        value = float(data[key])
-    except (TypeError, ValueError):
-        raise ClipError(f"{path}: `{key}` must be a number, got {data[key]!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        hint = "the right camera must sit at +baseline_m along x" if key == "baseline_m" else "must be > 0"
-        raise ClipError(f"{path}: `{key}` must be > 0, got {value} ({hint}); fix the calibration file")
-    return value
+        return check_number(data[key], f"`{key}`", path, gt=0, le=le, fix=f"{hint}fix the calibration file")
+    except NumberError as err:
+        raise ClipError(str(err)) from None
 
 
 def read_calibration(path: str | Path) -> dict[str, Any]:
@@ -99,7 +100,7 @@ def read_calibration(path: str | Path) -> dict[str, Any]:
         "baseline_m": _positive(path, data, "baseline_m"),
     }
     if "fps" in data:
-        out["fps"] = _positive(path, data, "fps")
+        out["fps"] = _positive(path, data, "fps", le=MAX_FPS)
     layout = str(data.get("layout", "full"))
     if layout not in ("full", "half"):
         raise ClipError(f"{path}: `layout` must be full or half, got {layout!r}")
@@ -128,9 +129,14 @@ def read_kitti_cam_to_cam(path: str | Path, left_cam: int = 2, right_cam: int = 
             raise ClipError(f"{path}: missing or malformed {key} (need 12 numbers); is this calib_cam_to_cam.txt?")
         mats[cam] = rows[key].reshape(3, 4)
     k = mats[left_cam][:, :3].copy()
-    fx = k[0, 0]
-    if not fx > 0:
-        raise ClipError(f"{path}: P_rect_{left_cam:02d} has focal length {fx}; the file is malformed")
+    try:  # the one number check (mllm4d_lite.checks)
+        fx = check_number(float(k[0, 0]), f"focal length of P_rect_{left_cam:02d}", path, gt=0,
+                          fix="the file is malformed")
+        if not np.all(np.isfinite(np.concatenate([mats[left_cam].ravel(), mats[right_cam].ravel()]))):
+            raise NumberError(f"{path}: P_rect_{left_cam:02d}/P_rect_{right_cam:02d} hold non-finite numbers; "
+                              "the file is malformed")
+    except NumberError as err:
+        raise ClipError(str(err)) from None
     baseline_m = float((mats[left_cam][0, 3] - mats[right_cam][0, 3]) / fx)
     if not baseline_m > 0:
         raise ClipError(
@@ -178,8 +184,32 @@ def _read_pair_folders(left_dir: Path, right_dir: Path, max_frames: int | None, 
     return np.stack(left), np.stack(right)
 
 
-def _safe_id(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "clip"
+def _safe_id(name: str, given: str | None = None) -> str:
+    """The clip id of a source: ``given`` (an explicit id) must already be a plain file name and
+    is refused otherwise; a FILE or FOLDER name (``name``, one path component read from disk) has
+    each run of characters outside ``A-Za-z0-9_.-`` replaced by ``_`` (a documented mapping,
+    logged when it changes the name; docs/data-format.md). Both go through :func:`safe_id`."""
+    if given:
+        try:
+            return safe_id(given, "clip_id")
+        except UnsafeIdError as err:
+            raise ClipError(str(err)) from None
+    mapped = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "clip"
+    if mapped != name:
+        log.info("clip id %r from the name %r (characters outside A-Za-z0-9_.- become _)", mapped, name)
+    try:
+        return safe_id(mapped, "clip_id", name)
+    except UnsafeIdError as err:
+        raise ClipError(f"{err}; rename it") from None
+
+
+def _listed_id(name: str) -> str:
+    """:func:`_safe_id` for discovery: "" for a refused name, so that the clip is skipped (with the
+    reason) when it is loaded instead of ending the whole run at discovery."""
+    try:
+        return _safe_id(name)
+    except ClipError:
+        return ""
 
 
 def _finish(clip: Clip) -> Clip:
@@ -192,6 +222,7 @@ def load_kitti_raw(drive_dir: str | Path, max_frames: int | None = None, stride:
                    calib_path: str | Path | None = None) -> Clip:
     """A KITTI raw drive folder (``..._drive_XXXX_sync``) -> Clip (left = cam 2, right = cam 3)."""
     drive_dir = Path(drive_dir)
+    clip_id = _safe_id(drive_dir.name)  # before any work
     if calib_path is None:
         candidates = [drive_dir / "calib_cam_to_cam.txt", drive_dir.parent / "calib_cam_to_cam.txt"]
         calib_path = next((c for c in candidates if c.is_file()), candidates[0])
@@ -203,7 +234,7 @@ def load_kitti_raw(drive_dir: str | Path, max_frames: int | None = None, stride:
         fps = _fps_from_timestamps(ts_path, default=fps) / max(1, stride)
     else:
         fps /= max(1, stride)
-    return _finish(Clip(clip_id=_safe_id(drive_dir.name), left=left, right=right, K=k, baseline_m=baseline_m,
+    return _finish(Clip(clip_id=clip_id, left=left, right=right, K=k, baseline_m=baseline_m,
                         fps=fps, source="kitti_raw", path=drive_dir))
 
 
@@ -231,9 +262,10 @@ def load_frame_folders(left_dir: str | Path, right_dir: str | Path, calib_path: 
                        clip_id: str | None = None, max_frames: int | None = None, stride: int = 1) -> Clip:
     """Left/right folders of rectified frames (sorted by file name) + calibration file -> Clip."""
     left_dir, right_dir = Path(left_dir), Path(right_dir)
+    clip_id = _safe_id(left_dir.parent.name, clip_id)
     calib = read_calibration(calib_path)
     left, right = _read_pair_folders(left_dir, right_dir, max_frames, stride)
-    return _finish(Clip(clip_id=_safe_id(clip_id or left_dir.parent.name), left=left, right=right, K=calib["K"],
+    return _finish(Clip(clip_id=clip_id, left=left, right=right, K=calib["K"],
                         baseline_m=calib["baseline_m"], fps=calib.get("fps", 10.0) / max(1, stride),
                         source="frame_folders", path=left_dir.parent))
 
@@ -247,6 +279,7 @@ def load_side_by_side(video_path: str | Path, calib_path: str | Path, clip_id: s
     from mllm4d_lite.curation.video import read_video
 
     video_path = Path(video_path)
+    clip_id = _safe_id(video_path.stem, clip_id)
     calib = read_calibration(calib_path)
     frames, fps, _ = read_video(video_path, num_frames=max_frames)
     w = frames.shape[2]
@@ -260,7 +293,7 @@ def load_side_by_side(video_path: str | Path, calib_path: str | Path, clip_id: s
     if not (0 < k[0, 2] < w // 2 and 0 < k[1, 2] < frames.shape[1]):
         raise ClipError(f"{calib_path}: principal point ({k[0, 2]:.1f}, {k[1, 2]:.1f}) lies outside the "
                         f"{w // 2}x{frames.shape[1]} eye image; check cx, cy and layout ({calib['layout']})")
-    return _finish(Clip(clip_id=_safe_id(clip_id or video_path.stem), left=np.ascontiguousarray(left),
+    return _finish(Clip(clip_id=clip_id, left=np.ascontiguousarray(left),
                         right=np.ascontiguousarray(right), K=k, baseline_m=calib["baseline_m"],
                         fps=float(fps or calib.get("fps", 10.0)), source=f"side_by_side_{calib['layout']}",
                         path=video_path))
@@ -311,17 +344,17 @@ def classify(path: str | Path) -> ClipSource | None:
         if (p / "clip.json").is_file():
             return ClipSource("native", str(p), clip_id=p.name)
         if (p / "image_02" / "data").is_dir():
-            return ClipSource("kitti_raw", str(p), clip_id=_safe_id(p.name))
+            return ClipSource("kitti_raw", str(p), clip_id=_listed_id(p.name))
         if (p / "left").is_dir() and (p / "right").is_dir():
             calib = _calib_beside(p)
             if calib is None:
                 raise ClipError(f"{p}: has left/ and right/ frame folders but no calib.yaml; add fx, cx, cy, baseline_m")
-            return ClipSource("frame_folders", str(p), str(calib), clip_id=_safe_id(p.name))
+            return ClipSource("frame_folders", str(p), str(calib), clip_id=_listed_id(p.name))
         return None
     if p.suffix.lower() in VIDEO_EXTS and p.is_file():
         calib = _calib_beside(p.parent, p.stem)
         if calib is not None:
-            return ClipSource("side_by_side", str(p), str(calib), clip_id=_safe_id(p.stem))
+            return ClipSource("side_by_side", str(p), str(calib), clip_id=_listed_id(p.stem))
     return None
 
 

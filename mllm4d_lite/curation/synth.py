@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from mllm4d_lite.checks import MAX_FRAMES, MAX_SIDE_PX, available_memory_bytes, gib
 from mllm4d_lite.config import ConfigError, merge_config_classes, parse_config, save_resolved, split_config
-from mllm4d_lite.curation.clip import Clip, ClipError, save_clip
+from mllm4d_lite.curation.clip import Clip, save_clip
 from mllm4d_lite.curation.render import render_scene
 from mllm4d_lite.curation.scene import (CAMERA_MOTIONS, COLORS, OBJECT_MOTIONS, CameraOptions, Scene, SceneOptions,
                                         build_scene)
-from mllm4d_lite.io import pyplot, save_figure
+from mllm4d_lite.io import (OutputDirError, UnsafeIdError, prepare_output_dir, pyplot, safe_id, save_figure,
+                            write_error_text)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,22 @@ def _options_from_kwargs(options: dict[str, Any]) -> SceneOptions:
     return opts
 
 
+#: peak memory of rendering + saving one clip, bytes per pixel and frame (measured 27-31, see
+#: docs/results.md; rounded up); with the frame count and size it gives a request's memory
+BYTES_PER_PIXEL_FRAME = 40
+
+
 def _check_size(num_frames: int, width: int, height: int, fps: float) -> None:
     if int(num_frames) != num_frames or num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames}; use e.g. --frames 16")
+    if num_frames > MAX_FRAMES:
+        raise ValueError(f"num_frames {num_frames} is above the limit of {MAX_FRAMES} frames per clip; "
+                         "use fewer --frames (e.g. 16) and more --num-clips")
     if width < 16 or height < 16 or width % 2 or height % 2:
         raise ValueError(f"size must be even and at least 16x16 (H.264), got {width}x{height}; use e.g. --size 320x240")
+    if width > MAX_SIDE_PX or height > MAX_SIDE_PX:
+        raise ValueError(f"size {width}x{height} is above the limit of {MAX_SIDE_PX} pixels per side; "
+                         "use e.g. --size 320x240")
     if not (fps > 0):
         raise ValueError(f"fps must be > 0, got {fps}")
 
@@ -200,6 +212,9 @@ class SynthOutput:
         if self.frames < 2:
             raise ConfigError(f"`frames` must be >= 2 (a clip shows motion over time), got {self.frames}; "
                               "use e.g. --frames 16")
+        if self.frames > MAX_FRAMES:
+            raise ConfigError(f"`frames` {self.frames} is above the limit of {MAX_FRAMES} frames per clip; "
+                              "use fewer --frames (e.g. 16) and more --num-clips")
         try:
             _parse_size(self.size)
         except ValueError as err:
@@ -210,6 +225,10 @@ class SynthOutput:
             raise ConfigError(f"`crf` must be in 0..51, got {self.crf}")
         if not self.clip_prefix or not self.clip_prefix.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"`clip_prefix` must be letters, digits, '_' or '-', got {self.clip_prefix!r}")
+        try:  # the one id rule (mllm4d_lite.io.safe_id) on the ids the prefix makes
+            safe_id(f"{self.clip_prefix}_s{self.seed + self.num_clips - 1:05d}", "clip_prefix")
+        except UnsafeIdError as err:
+            raise ConfigError(str(err)) from None
 
 
 @dataclass
@@ -272,31 +291,46 @@ class SynthConfig(merge_config_classes("SynthFields", *_SYNTH_PARTS)):
         return {**dataclasses.asdict(camera), **choices.scene_options()}
 
 
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ClipError(f"output folder {out} is not writable ({err.strerror}); choose another --out") from None
+def check_request(cfg: SynthConfig) -> None:
+    """Refuse (:class:`ConfigError`) a request whose clips would not fit in memory: the estimate is
+    ``frames x width x height x`` :data:`BYTES_PER_PIXEL_FRAME` per clip (clips are made one at a
+    time) against the RAM available now."""
+    width, height = _parse_size(cfg.size)
+    need = cfg.frames * width * height * BYTES_PER_PIXEL_FRAME
+    avail = available_memory_bytes()
+    if avail is not None and need > avail:
+        raise ConfigError(f"--frames {cfg.frames} at --size {width}x{height} needs about {gib(need)} of memory per "
+                          f"clip ({BYTES_PER_PIXEL_FRAME} bytes per pixel and frame) but {gib(avail)} is available; "
+                          "use fewer --frames or a smaller --size")
 
 
 def run(cfg: SynthConfig, command: str | None = None) -> int:
-    """Write ``cfg.num_clips`` clips into ``cfg.out`` (2: the folder is not writable).
+    """Write ``cfg.num_clips`` clips into ``cfg.out``; the exit code (2: a request over the limits
+    of :func:`check_request`, an output folder that is a file or not writable, or a failed write
+    such as a full disk, each as one error line).
 
     ``command``: the command line recorded in each clip.json (default: this process's arguments).
     """
-    from tqdm import tqdm
-
     if command is None:
         command = "mllm4d synth " + " ".join(sys.argv[1:])
     width, height = _parse_size(cfg.size)
     out = Path(cfg.out)
     try:
-        _check_writable(out)
-    except ClipError as err:
+        check_request(cfg)  # hard limits before any work
+        prepare_output_dir(out)
+    except (ConfigError, OutputDirError) as err:
         sys.stderr.write(f"mllm4d synth: error: {err}\n")
         return 2
+    try:
+        return _write_clips(cfg, out, width, height, command)
+    except OSError as err:  # e.g. the disk filled up: one line, no traceback, no temporary files left
+        sys.stderr.write(f"mllm4d synth: error: {write_error_text(err, out)}\n")
+        return 2
+
+
+def _write_clips(cfg: SynthConfig, out: Path, width: int, height: int, command: str) -> int:
+    from tqdm import tqdm
+
     start = time.time()
     n_obj = 0
     scene_options = cfg.scene_options()

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from tqdm import tqdm
 
 from mllm4d_lite import prompts
+from mllm4d_lite.io import atomic_write_many
 from mllm4d_lite.curation.annotation import AnnotationError, validate_annotation
 from mllm4d_lite.qa.builders import generate_questions
 from mllm4d_lite.qa.config import QAConfig
@@ -248,10 +249,7 @@ def build_datasets(annotations: list[dict[str, Any]], out_dir: Path, cfg: QAConf
         "qa_summary.json": json.dumps(summary, indent=1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out_dir / f".{name}.tmp").write_text(text)
-    for name in files:
-        (out_dir / f".{name}.tmp").replace(out_dir / name)
+    atomic_write_many({out_dir / name: text for name, text in files.items()})  # unique temp names, then renames
     log.info("qa: %d train / %d rft / %d bench questions from %d clips in %.2f s -> %s",
              len(sft), len(rft), len(bench), len(split_of), summary["elapsed_s"], out_dir)
     return summary
