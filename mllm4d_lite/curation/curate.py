@@ -11,6 +11,10 @@ step; the annotation's ``quality.objects`` says so). Then :func:`mllm4d_lite.qa.
 turns the annotations into ``sft.jsonl``, ``cot.jsonl``, ``rft.jsonl``, ``bench.json`` and
 ``qa_summary.json``.
 
+An existing ``--out`` is cleaned of what this run does not produce (:func:`remove_stale_outputs`:
+annotations and plots of clips not curated now, QA files / scorecard this run does not write),
+so ``mllm4d qa --annotations OUT/annotations`` never mixes in clips of an earlier run.
+
 ``--score`` (clips with gt.json / gt_depth.npz) adds ``scorecard.json`` (see
 :mod:`mllm4d_lite.curation.scorecard`) with the QA agreement of estimated vs ground-truth
 annotations; ``--plot`` writes ``plots/<clip_id>.png`` (top-down estimated vs ground truth).
@@ -216,6 +220,36 @@ def run_clips(sources: list[ClipSource], out_dir: Path, run: dict[str, Any], wor
 
 
 
+#: files of ``--out`` that the QA step writes, and the scorecard (removed when this run writes none)
+QA_FILES = ("sft.jsonl", "cot.jsonl", "rft.jsonl", "bench.json", "qa_summary.json")
+SCORECARD_FILE = "scorecard.json"
+
+
+def remove_stale_outputs(out: Path, clip_ids: set[str], keep_files: set[str] = frozenset(),
+                         plots: bool = True) -> list[Path]:
+    """Remove from ``out`` what the run that produced ``clip_ids`` did not: ``annotations/<id>.json``
+    and ``plots/<id>.png`` of other ids (clips of an earlier run, or clips that failed now; every
+    plot when ``plots`` is false, i.e. the run made none) and the
+    files of :data:`QA_FILES` / :data:`SCORECARD_FILE` not in ``keep_files`` (names this run wrote).
+    Hidden files (temporary files of a concurrent write) and other names are left alone. Returns
+    the removed paths (the caller logs them)."""
+    removed = []
+    for folder, suffix, keep in (("annotations", ".json", clip_ids), ("plots", ".png", clip_ids if plots else set())):
+        d = out / folder
+        if not d.is_dir():
+            continue
+        for path in sorted(d.glob(f"*{suffix}")):
+            if path.is_file() and not path.name.startswith(".") and path.name[:-len(suffix)] not in keep:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    for name in (*QA_FILES, SCORECARD_FILE):
+        path = out / name
+        if name not in keep_files and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def run(run_cfg: Any) -> int:
     """The whole stage from a :data:`CurateRun` config: annotations, QA data, scorecard; the exit code."""
     try:
@@ -249,7 +283,9 @@ def _curate(run_cfg: Any, cfg: CurateConfig, sources: list[ClipSource], out: Pat
     summary = f"mllm4d curate: {len(results)}/{len(sources)} clips, {frames} frames in {elapsed:.1f} s"
     if errors:
         summary += f", {len(errors)} skipped (see log)"
+    written = set()
     if cfg.qa and annotations:
+        written.update(QA_FILES)
         qa_summary = build_datasets(annotations, out, split_config(run_cfg, QAConfig))
         unique = qa_summary["unique_questions"]
         rft = f" + {unique['rft']} RFT-only" if "rft" in unique else ""
@@ -267,9 +303,16 @@ def _curate(run_cfg: Any, cfg: CurateConfig, sources: list[ClipSource], out: Pat
             card["qa_agreement"] = agreement([r["annotation"] for r in results if "score" in r], gt_anns,
                                              split_config(run_cfg, QAConfig))
             text += "\n  " + scorecard_line(card["qa_agreement"])
-            atomic_write_json(out / "scorecard.json", card)
+            atomic_write_json(out / SCORECARD_FILE, card)
+            written.add(SCORECARD_FILE)
             print(text)
             summary += f"; scorecard -> {out / 'scorecard.json'}"
+    removed = remove_stale_outputs(out, {r["clip_id"] for r in results}, written, plots=cfg.plot)
+    if removed:
+        names = ", ".join(str(p.relative_to(out)) for p in removed[:5]) + (" ..." if len(removed) > 5 else "")
+        log.warning("%s held %d output(s) this run did not produce (other clips, or an earlier run's "
+                    "QA / scorecard); removed so nothing is mixed: %s", out, len(removed), names)
+        summary += f"; {len(removed)} stale output(s) removed"
     print(summary + f" -> {out}")
     return 1 if errors and not results else 0
 

@@ -13,7 +13,9 @@ slow the start of every curation worker).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -106,7 +108,9 @@ def read_video(
 def write_video(path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps: float, crf: int = 18) -> None:
     """Encode RGB uint8 frames (T, H, W, 3) to an H.264 mp4 (even width and height required).
 
-    Written to a temporary name first and renamed, so a crash leaves no half-written file.
+    Written to a unique hidden temporary file beside ``path`` first (:mod:`mllm4d_lite.io`) and
+    renamed, so a crash leaves no half-written file and two writers never share a temporary name;
+    a failed encode removes the temporary file.
     ``crf`` 18 is visually lossless; lower is closer to lossless (0 = lossless, larger files).
     """
     import av
@@ -120,20 +124,28 @@ def write_video(path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps
         raise VideoError(f"{path}: no frames to write")
     if h % 2 or w % 2:
         raise VideoError(f"{path}: H.264 needs even width and height, got {w}x{h}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     from fractions import Fraction
 
-    with av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # mbtree=0: with x264's macroblock-tree rate control, encoding the same frames twice can
-        # give different files and decoded frames (even single-threaded); without it repeated
-        # encodes are identical, so a clip's files depend on its content only.
-        stream.options = {"crf": str(crf), "preset": "medium", "tune": "film", "x264-params": "mbtree=0"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+    from mllm4d_lite.io import _file_mode, _temp_beside
+
+    fd, tmp = _temp_beside(path, suffix=".tmp" + path.suffix)  # unique: concurrent writers never share it
+    os.close(fd)
+    try:
+        with av.open(str(tmp), mode="w") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            # mbtree=0: with x264's macroblock-tree rate control, encoding the same frames twice can
+            # give different files and decoded frames (even single-threaded); without it repeated
+            # encodes are identical, so a clip's files depend on its content only.
+            stream.options = {"crf": str(crf), "preset": "medium", "tune": "film", "x264-params": "mbtree=0"}
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp.replace(path)
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; the video gets what open() would give
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -109,6 +109,25 @@ def check_entries(entries: Sequence[Mapping[str, Any]], path: Path, need_respons
                          "\n".join(problems[:10]) + more)
 
 
+#: entry fields whose text reaches the chat template in ``mllm4d eval run`` (``answer`` included:
+#: a bench entry may also be used as a training record)
+ENTRY_TEXT_FIELDS = ("system", "prompt", "question", "choices", "answer")
+
+
+def check_entry_text(entries: Sequence[Mapping[str, Any]], special_tokens: Sequence[str], path: Path) -> None:
+    """Raise :class:`BenchError` (one line naming the file, the entry, the field and the token) when
+    an entry's text holds one of the model's ``special_tokens``
+    (:func:`mllm4d_lite.train.records.model_special_tokens`): passed to the chat template, it would
+    act as chat structure (end the user turn, open an assistant turn) instead of being read as text."""
+    from mllm4d_lite.train.records import special_token_in
+
+    for i, entry in enumerate(entries):
+        hit = special_token_in(dict(entry), special_tokens, ENTRY_TEXT_FIELDS)
+        if hit is not None:
+            raise BenchError(f"{_where(path, i, entry)}: the model's special token {hit[1]!r} is in its "
+                             f"'{hit[0]}' text, which would act as chat structure; remove it from the entry")
+
+
 def file_labels(paths: Sequence[Path]) -> list[str]:
     """Short names for split files: the stem, or ``parent/stem`` where stems collide."""
     stems = [p.stem for p in paths]

@@ -42,7 +42,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from mllm4d_lite.config import ConfigError, parse_config, save_resolved
 from mllm4d_lite.eval.answers import answer_part, is_numeric, score_response
-from mllm4d_lite.eval.bench_files import BenchError, check_entries, file_labels, load_entries, resolve_video
+from mllm4d_lite.eval.bench_files import (BenchError, check_entries, check_entry_text, file_labels, load_entries,
+                                          resolve_video)
+from mllm4d_lite.eval.resume import bench_digest, check_resume, read_predictions
 from mllm4d_lite.eval.report import build_report, report_markdown, summary_line, write_report
 from mllm4d_lite.io import atomic_write_json
 
@@ -166,41 +168,12 @@ class EvalConfig:
             raise ConfigError(f"`max_pixels` must be >= 784 (28x28), got {self.max_pixels}")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            # a run killed mid-write leaves at most one broken last line: answer it again
-            log.warning("%s: line %d is incomplete; that question will be answered again", path, lineno)
-    return rows
-
-
 def _run_key(cfg: EvalConfig) -> dict[str, Any]:
     keys = ("model", "adapter", "prompt", "frames", "max_pixels", "max_new_tokens", "quant")
     key = {**{k: getattr(cfg, k) for k in keys}, "bench": str(Path(cfg.bench).resolve())}
     if str(cfg.model).startswith("shapes:"):  # only then: older run keys stay valid
         key["shape_layers"] = cfg.shape_layers
     return key
-
-
-def _check_resume(cfg: EvalConfig, out: Path) -> None:
-    """A resumed run must use the same model/prompt/bench, or its predictions would be mixed."""
-    key_path = out / "run_key.json"
-    key = _run_key(cfg)
-    if key_path.is_file():
-        old = json.loads(key_path.read_text())
-        if old != key:
-            diff = {k: (old.get(k), key[k]) for k in key if old.get(k) != key[k]}
-            raise BenchError(f"{out} holds predictions of a different run (changed: {diff}); "
-                             "use another --out, or delete that folder to start over")
-    else:
-        atomic_write_json(key_path, key)
 
 
 def entry_prompt(entry: Mapping[str, Any], mode: str) -> str:
@@ -220,9 +193,18 @@ def answer_entries(model, processor, todo: Sequence[tuple[Mapping[str, Any], Any
     ``(frames, metadata)``. Each batch of ``batch_size`` entries gets the kit's ``mode`` prompt
     (:func:`entry_prompt`, with the ST-CoT system prompt in st-cot mode), greedy replies of at most
     ``max_new_tokens`` tokens, and :func:`scored`. Yields, per batch, the scored predictions and the
-    entries skipped because their video could not be read (``{"id", "reason"}``).
+    entries skipped because their video could not be read (``{"id", "reason"}``). An entry whose
+    text holds one of the model's special tokens is refused first (:class:`DataError`, naming its
+    ``records_file`` and id; ``mllm4d eval run`` has already refused such a bench with a
+    :class:`BenchError`), so SFT's quick eval of ``eval_file`` records is covered too.
     """
     from tqdm import tqdm
+
+    from mllm4d_lite.eval.bench_files import ENTRY_TEXT_FIELDS
+    from mllm4d_lite.train.records import DataError, check_record_text, model_special_tokens
+
+    check_record_text([entry for entry, _ in todo], model_special_tokens(processor), error=DataError,
+                      fields=ENTRY_TEXT_FIELDS)
 
     from mllm4d_lite.curation.video import VideoError
     from mllm4d_lite.prompts import ST_COT_SYSTEM_PROMPT
@@ -279,15 +261,16 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     bench_path = Path(cfg.bench)
     entries = load_entries(bench_path)
     check_entries(entries, bench_path)
-    if cfg.limit:
-        entries = entries[:cfg.limit]
+    digest = bench_digest(entries)
     label = bench_path.stem
     for e in entries:
         if not e.get("category"):
             e.setdefault("split", label)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(cfg, out)
+    check_resume(_run_key(cfg), cfg.bench, out, entries, digest)
+    if cfg.limit:
+        entries = entries[:cfg.limit]
     save_resolved(cfg, out)
 
     video_root = Path(cfg.video_root) if cfg.video_root else None
@@ -313,7 +296,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     t0 = time.time()
     for filename, blank, name in passes:
         pred_path = out / filename
-        done = {str(p["id"]): p for p in _read_jsonl(pred_path)}
+        done = {str(p["id"]): p for p in read_predictions(pred_path)}
         todo = [(e, p) for e, p in resolved if str(e["id"]) not in done]
         log.info("%s pass: %d answered already, %d to go", name, len(done), len(todo))
         if todo and model is None:
@@ -323,10 +306,13 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                                                         quant=cfg.quant, dtype=cfg.dtype,
                                                         use_unsloth=cfg.use_unsloth, max_pixels=cfg.max_pixels,
                                                         shape_layers=cfg.shape_layers)
+            from mllm4d_lite.train.records import model_special_tokens
+
+            check_entry_text(entries, model_special_tokens(processor), bench_path)
         unreadable = _answer_all(cfg, model, processor, todo, pred_path, blank, name) if todo else []
         if name == "model":
             skipped += unreadable
-        done = {str(p["id"]): p for p in _read_jsonl(pred_path)}
+        done = {str(p["id"]): p for p in read_predictions(pred_path)}
         # benchmark order; only this benchmark's ids (a --limit run may have answered fewer)
         results[name] = [done[str(e["id"])] for e, _ in resolved if str(e["id"]) in done]
 

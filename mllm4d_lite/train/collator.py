@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mllm4d_lite.curation.video import VideoError
-from mllm4d_lite.train.records import DataError, record_messages
+from mllm4d_lite.train.records import DataError, check_record_text, model_special_tokens, record_messages
 from mllm4d_lite.train.video_inputs import VideoCache, count_visual_tokens, video_kwargs
 
 IGNORE_INDEX = -100
@@ -66,16 +66,21 @@ class VideoSFTCollator:
     ``response``, optional ``system``). Returns the processor's batch (``input_ids``,
     ``attention_mask``, ``mm_token_type_ids``, ``pixel_values_videos``, ``video_grid_thw``, ...)
     plus ``labels``: ``input_ids`` on assistant tokens, -100 elsewhere. ``num_tokens`` counts the
-    non-padding tokens collated so far (for tokens/s).
+    non-padding tokens collated so far (for tokens/s). A record whose text holds one of the
+    model's special tokens (``special_tokens``, read from the processor's tokenizer) is refused
+    with :class:`DataError` (:func:`mllm4d_lite.train.records.check_record_text`), so data text
+    never becomes chat structure or loss targets.
     """
 
     def __init__(self, processor, cache: VideoCache):
         self.processor = processor
         self.cache = cache
         self.num_tokens = 0
+        self.special_tokens = model_special_tokens(processor.tokenizer)
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         texts, videos = [], []
+        check_record_text(examples, self.special_tokens)
         for ex in examples:
             try:
                 videos.append(self.cache.get(ex["video_path"]))
@@ -97,8 +102,11 @@ def sample_cost(processor, collator: VideoSFTCollator, records: Sequence[dict[st
     """What a training sample costs, measured by collating up to ``max_records`` records one by one.
 
     Returns frames, pixels per frame (after the processor's resize), visual tokens per video,
-    mean/max total tokens per sample and mean assistant (loss) tokens per sample.
+    mean/max total tokens per sample and mean assistant (loss) tokens per sample. Every record
+    (not only the measured ones) is first checked for the model's special tokens, so a bad record
+    stops SFT before the first step.
     """
+    check_record_text(records, collator.special_tokens)
     subset = list(records[:max_records])
     if not subset:
         raise DataError("no training records left (all skipped?)")

@@ -8,6 +8,9 @@ Shared by the SFT / cold-start stage (:mod:`mllm4d_lite.train.sft`) and GRPO.
   balanced subset (:func:`balanced_subset`).
 - :func:`record_prompt` / :func:`record_messages` turn a record into the chat the model sees
   (optional system turn, user turn = video + prompt, assistant turn = ``response``).
+- :func:`model_special_tokens` / :func:`check_record_text` refuse records whose text holds one
+  of the model's special tokens (``<|im_end|>``, ``<|im_start|>``, ...): such text would become
+  chat structure (and, in SFT, loss targets). See docs/data-format.md ("Validation rules").
 """
 
 from __future__ import annotations
@@ -24,6 +27,65 @@ from mllm4d_lite.train.video_inputs import build_messages
 
 class DataError(ValueError):
     """A data file is unusable; the message names the file and the fix."""
+
+
+#: record fields whose text reaches the chat template (``choices`` may be a dict or a list)
+CHAT_TEXT_FIELDS = ("system", "prompt", "question", "choices", "answer", "response")
+
+
+def model_special_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """The special tokens of ``tokenizer`` (a tokenizer or a processor holding one): its
+    ``all_special_tokens`` plus every added token marked ``special`` (``<|im_start|>``,
+    ``<|im_end|>``, ``<|video_pad|>``, ...), longest first. Added tokens that are not special
+    (Qwen3's ``<think>``, the tool / FIM tokens) are ordinary text and not listed."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    found = {str(t) for t in (getattr(tok, "all_special_tokens", None) or [])}
+    decoder = getattr(tok, "added_tokens_decoder", None) or {}
+    found.update(str(t.content) for t in decoder.values() if getattr(t, "special", False))
+    return tuple(sorted((t for t in found if t), key=lambda t: (-len(t), t)))
+
+
+def _texts(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _texts(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _texts(v)
+
+
+def special_token_in(record: dict[str, Any], tokens: Sequence[str],
+                     fields: Sequence[str] = CHAT_TEXT_FIELDS) -> tuple[str, str] | None:
+    """``(field, token)`` of the first special token found in the record's chat text, else None."""
+    for name in fields:
+        for text in _texts(record.get(name)):
+            for token in tokens:
+                if token in text:
+                    return name, token
+    return None
+
+
+def check_record_text(records: Iterable[dict[str, Any]], tokens: Sequence[str],
+                      source: str | Path | None = None, error: type[ValueError] = DataError,
+                      fields: Sequence[str] = CHAT_TEXT_FIELDS) -> None:
+    """Raise ``error`` (one line naming the file, the record, the field and the token) when a
+    record's ``system`` / ``prompt`` / ``question`` / ``choices`` / ``answer`` / ``response`` text
+    holds one of the model's special ``tokens`` (:func:`model_special_tokens`); ``source`` is the
+    file, else each record's ``records_file`` (set by :func:`load_records`); ``fields`` are the
+    fields checked."""
+    if not tokens:
+        return
+    for i, record in enumerate(records):
+        hit = special_token_in(record, tokens, fields)
+        if hit is None:
+            continue
+        where = source if source is not None else record.get("records_file", "records")
+        name, token = hit
+        raise error(f"{where}: record {record.get('id', f'#{i + 1}')!r} has the model's special token {token!r} "
+                    f"in its '{name}' text, which would act as chat structure (and be trained on); remove "
+                    "it from the record or re-generate the file")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -44,7 +106,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0,
                  categories: Sequence[str] | None = None,
-                 balance_key: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
+                 balance_key: str | Sequence[str] | None = None,
+                 special_tokens: Sequence[str] = ()) -> list[dict[str, Any]]:
     """QA records of a jsonl (or a VLM4D-format ``.json`` list) with ``video_path`` resolved.
 
     ``video`` is relative to the file's folder (absolute paths are kept). ``categories`` keeps
@@ -52,7 +115,10 @@ def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0
     ``max_samples`` then keeps a seeded random subset (order preserved), with as even a share of
     each value of ``balance_key`` (e.g. ``"answer"``) as the records allow when it is given; several
     keys (e.g. ``["category", "answer"]``) balance nested, see :func:`balanced_subset`.
-    Records lacking ``id`` get ``<file>:<line>``.
+    Records lacking ``id`` get ``<file>:<line>``; every record gets ``records_file`` (the file's
+    path, for messages). With ``special_tokens`` (:func:`model_special_tokens`), a record whose
+    text holds one is refused (:func:`check_record_text`); the SFT collator checks again with the
+    model's own tokens before training.
     """
     path = Path(path)
     if path.suffix == ".json":
@@ -73,11 +139,13 @@ def load_records(path: str | Path, max_samples: int | None = None, seed: int = 0
                             "each record must be an object with 'video', 'question', ... (re-generate the file)")
         row = dict(row)
         row.setdefault("id", f"{path.name}:{i + 1}")
+        row.setdefault("records_file", str(path))
         if "video" not in row:
             raise DataError(f"{path}: record {row['id']!r} has no 'video' field")
         video = Path(str(row["video"]))
         row["video_path"] = str(video if video.is_absolute() else (path.parent / video).resolve())
         out.append(row)
+    check_record_text(out, special_tokens, path)
     if categories:
         wanted = set(categories)
         kept = [r for r in out if r.get("category") in wanted]
