@@ -211,8 +211,10 @@ def test_grpo_components_follow_the_stack():
     p = plan_recipe(str(REPO / "recipes/qwen2.5-vl-3b/grpo.yaml"))
     s, persistent = p.setup, p.components["persistent"]
     assert s.ref_adapter and not s.kbit_prep and s.generation_batch == 16
-    # the frozen reference copy is fp32, the trained adapter bf16: twice its size
-    assert persistent["reference adapter (frozen fp32 copy)"] == pytest.approx(2 * persistent["LoRA weights"], rel=1e-3)
+    # the frozen reference copy is fp32, as the trained adapter (lora_fp32 undoes TRL's bf16 cast)
+    assert persistent["reference adapter (frozen fp32 copy)"] == pytest.approx(persistent["LoRA weights"], rel=1e-3)
+    bf16 = plan_recipe(str(REPO / "recipes/qwen2.5-vl-3b/grpo.yaml"), ["--lora-fp32", "false"]).components["persistent"]
+    assert bf16["reference adapter (frozen fp32 copy)"] == pytest.approx(2 * bf16["LoRA weights"], rel=1e-3)
     kv = p.components["generation: decoding"]["KV cache (prompts + completions)"]
     assert kv == pytest.approx(16 * p.tokens["sequence"] * 2 * 36 * 2 * 128 * 2 / M.GB, rel=1e-3)
     no_kl = plan_recipe(str(REPO / "recipes/qwen2.5-vl-3b/grpo.yaml"), ["--beta", "0"])

@@ -39,6 +39,10 @@ class ModelArgs:
                 "cold-start adapter, a frozen copy of which is the KL reference); unset = a fresh LoRA "
                 "(GRPO: KL reference = the base model)"})
     quant: str | None = field(default="none", metadata={"help": "none | 4bit (NF4 QLoRA) | 8bit"})
+    lora_fp32: bool = field(default=True, metadata={
+        "help": "keep the trained LoRA weights, and so their gradients and AdamW moments, in fp32 (TRL casts them "
+                "to bf16 for 4/8-bit models, which rounds away AdamW updates at the paper's SFT learning rate; "
+                "docs/stack.md); false = TRL's bf16, 8 bytes less per LoRA parameter"})
     use_unsloth: bool = field(default=False, metadata={"help": "Unsloth's vision loader (CUDA only)"})
     dtype: str | None = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16"})
     device: str | None = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -88,7 +92,8 @@ class RunArgs:
     num_train_epochs: float = field(default=1.0, metadata={"help": "epochs (when max_steps is -1)"})
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps (-1 = from epochs)"})
     per_device_train_batch_size: int = field(default=1, metadata={
-        "help": "samples per forward (GRPO: completions, a multiple of num_generations)"})
+        "help": "samples per forward (GRPO: completions per micro-batch; the generation batch, this x "
+                "steps_per_generation, must be a multiple of num_generations)"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "forwards per optimizer step"})
     logging_steps: int = field(default=10, metadata={"help": "log a metrics line every N steps"})
     save_steps: int = field(default=200, metadata={"help": "checkpoint every N steps (for --resume)"})

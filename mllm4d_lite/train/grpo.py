@@ -66,7 +66,7 @@ def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = No
     from mllm4d_lite.train.grpo_metrics import grpo_metrics_callback, sample_writer
     from mllm4d_lite.train.grpo_trainer import VideoGRPOTrainer, vision_token_ids
     from mllm4d_lite.train.loading import load_model_and_processor, pick_device, pick_dtype
-    from mllm4d_lite.train.lora import lora_target_regex
+    from mllm4d_lite.train.lora import keep_lora_fp32, lora_target_regex
     from mllm4d_lite.train.rewards import get_reward_funcs
     from mllm4d_lite.train.video_inputs import VideoCache, check_videos
 
@@ -80,7 +80,10 @@ def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = No
     cache = VideoCache(cfg.num_frames, blank=cfg.blind)
     records, skipped = check_videos(records, cache)
     if not records:
-        raise ValueError(f"{cfg.train_file}: no record has a readable video ({len(skipped)} skipped)")
+        from mllm4d_lite.train.records import DataError  # one error line from main(), not a traceback
+
+        raise DataError(f"{cfg.train_file}: no record has a readable video ({len(skipped)} skipped); check the "
+                        "records' 'video' paths (relative to the file's folder) and that the videos decode")
     model, processor = load_model_and_processor(
         cfg.model, adapter=cfg.adapter_init, device=device, quant=cfg.quant, dtype=cfg.dtype,
         use_unsloth=cfg.use_unsloth, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels,
@@ -96,6 +99,8 @@ def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = No
         output_dir=str(out_dir / "checkpoints"),
         num_generations=cfg.num_generations,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
+        # unset: TRL's default (gradient_accumulation_steps), exactly as before the setting existed
+        **({"steps_per_generation": cfg.steps_per_generation} if cfg.steps_per_generation else {}),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
@@ -134,6 +139,8 @@ def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = No
                                train_dataset=build_dataset(records, cache, cfg.use_st_cot_prompt),
                                processing_class=processor, peft_config=peft_config,
                                sample_writer=writer, sample_every=cfg.sample_every)
+    if cfg.lora_fp32:
+        keep_lora_fp32(trainer.model)  # TRL casts a 4/8-bit model's LoRA to bf16
     trainer.add_callback(grpo_metrics_callback(out_dir, cfg.reward_funcs, cfg.max_steps, device))
     quiet_progress(trainer)
     follow_thread_share(trainer)

@@ -6,6 +6,7 @@ in ``recipes/<profile>/grpo.yaml``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from mllm4d_lite.config import merge_config_classes
@@ -34,6 +35,12 @@ class GRPOArgs:
     use_st_cot_prompt: bool = field(default=True, metadata={
         "help": "ST-CoT system prompt + think/answer instruction; false = direct prompt (ablation)"})
     num_generations: int = field(default=4, metadata={"help": "completions per prompt (paper 12)"})
+    steps_per_generation: int | None = field(default=None, metadata={
+        "help": "micro-batches each generation batch is split into (TRL's steps_per_generation): "
+                "per_device_train_batch_size x this x processes completions are generated at once and must be "
+                "whole prompt groups of num_generations; a smaller micro-batch with more of these trades time for "
+                "memory (unset = gradient_accumulation_steps, TRL's default: one generation batch per optimizer "
+                "step)"})
     max_completion_length: int = field(default=96, metadata={"help": "max new tokens per completion (paper 4096)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (paper 1.0)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling of the completions (1.0 = off, the paper)"})
@@ -80,9 +87,11 @@ class GRPOConfig(merge_config_classes(
                              f"reward_funcs {self.reward_funcs}; give one weight per reward, in the same order")
         if self.num_generations < 2:
             raise ValueError(f"`num_generations: {self.num_generations}`: GRPO needs >= 2 completions per prompt")
-        if self.per_device_train_batch_size % self.num_generations:
-            raise ValueError(f"`per_device_train_batch_size: {self.per_device_train_batch_size}` must be a multiple "
-                             f"of `num_generations: {self.num_generations}`")
+        if self.steps_per_generation is not None and self.steps_per_generation < 1:
+            raise ValueError(f"`steps_per_generation: {self.steps_per_generation}` must be >= 1 (or unset: "
+                             "gradient_accumulation_steps)")
+        if self.generation_batch() % self.num_generations:
+            raise ValueError(self._generation_batch_error())
         if self.beta < 0 or self.temperature <= 0 or self.learning_rate <= 0:
             raise ValueError("`beta` must be >= 0, `temperature` and `learning_rate` > 0")
         if not (0 < self.top_p <= 1) or self.top_k < 0:
@@ -102,6 +111,28 @@ class GRPOConfig(merge_config_classes(
                              "in tokens; the tiny recipe uses 256)")
         if self.max_steps == 0 or self.sample_every < 1 or self.logging_steps < 1:
             raise ValueError("`max_steps` must be -1 or > 0; `sample_every` and `logging_steps` >= 1")
+
+    def generation_batch(self, num_processes: int | None = None) -> int:
+        """Completions generated at once, as TRL 1.16 sizes its generation batch:
+        ``per_device_train_batch_size x num_processes x steps_per_generation`` (unset:
+        ``gradient_accumulation_steps``). TRL requires it, not the micro-batch, to hold whole prompt
+        groups. ``num_processes`` defaults to ``WORLD_SIZE`` (set by ``accelerate launch``), else 1."""
+        if num_processes is None:
+            num_processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        steps = self.steps_per_generation or self.gradient_accumulation_steps
+        return self.per_device_train_batch_size * num_processes * steps
+
+    def _generation_batch_error(self) -> str:
+        pdb, ng = self.per_device_train_batch_size, self.num_generations
+        if self.generation_batch() == pdb:  # one micro-batch per generation batch
+            return f"`per_device_train_batch_size: {pdb}` must be a multiple of `num_generations: {ng}`"
+        name = "steps_per_generation" if self.steps_per_generation else "gradient_accumulation_steps"
+        steps = self.steps_per_generation or self.gradient_accumulation_steps
+        procs = self.generation_batch() // (pdb * steps)
+        return (f"the generation batch, `per_device_train_batch_size: {pdb}` x `{name}: {steps}`"
+                + (f" x {procs} processes" if procs > 1 else "")
+                + f" = {self.generation_batch()} completions, must be a multiple of `num_generations: {ng}` "
+                "(whole prompt groups); change one of them")
 
     def prompts_per_step(self, num_processes: int = 1) -> float:
         """New prompts drawn per optimizer step (each batch is reused ``num_iterations`` times)."""

@@ -99,6 +99,29 @@ def attach_lora(model, cfg: SFTConfig):
     return get_peft_model(model, lora)
 
 
+def keep_lora_fp32(model) -> int:
+    """Cast the trainable LoRA weights of ``model`` that are bf16/fp16 back to fp32, in place;
+    returns how many tensors were cast.
+
+    TRL 1.16's ``SFTTrainer`` and ``GRPOTrainer`` cast every trainable parameter of a 4/8-bit
+    model to bf16 (peft itself keeps adapters of a bf16 base in fp32). In bf16 an AdamW update
+    smaller than half the spacing of bf16 values around a weight is rounded away: at lr 2e-5
+    ~43 % of ``lora_A`` entries stay unchanged after a step (docs/results.md §10). Call it after
+    the trainer is built and before ``train()`` creates the optimizer; fp32 LoRA weights work
+    with a bf16 or 4-bit base (peft casts the LoRA input to the adapter's dtype, or autocast does).
+    """
+    import torch
+
+    cast = 0
+    for name, param in model.named_parameters():
+        if param.requires_grad and "lora_" in name and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+            cast += 1
+    if cast:
+        log.info("LoRA weights kept in fp32 (%d tensors cast back from bf16/fp16; lora_fp32: true)", cast)
+    return cast
+
+
 def attach_lora_unsloth(model, cfg: SFTConfig):
     """Unsloth's LoRA (CUDA): LLM attention + MLP, vision layers frozen."""
     from unsloth import FastVisionModel

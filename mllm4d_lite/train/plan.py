@@ -155,7 +155,8 @@ def setup_from_config(cfg: Any, stage: str, recipe: str | None = None, loader: s
                  source_hw=source_hw, batch=cfg.per_device_train_batch_size, prompt_text_tokens=prompt,
                  answer_tokens=answer, gradient_checkpointing=cfg.gradient_checkpointing,
                  num_generations=getattr(cfg, "num_generations", 0), generation_batch=gen_batch,
-                 ref_adapter=stage == "grpo" and cfg.beta > 0 and bool(cfg.adapter_init), notes=notes)
+                 ref_adapter=stage == "grpo" and cfg.beta > 0 and bool(cfg.adapter_init),
+                 lora_fp32=getattr(cfg, "lora_fp32", True), notes=notes)
 
 
 def plan_recipe(recipe: str, overrides: Sequence[str] = (), gpu_gb: float = 24.0, stage: str | None = None,

@@ -62,6 +62,7 @@ class Setup:
     num_generations: int = 0
     generation_batch: int = 0  # GRPO: completions generated at once
     ref_adapter: bool = False  # GRPO: beta > 0 with adapter_init -> a frozen copy of the adapter
+    lora_fp32: bool = True  # the stages' lora_fp32: the kit casts TRL's bf16 LoRA back to fp32
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -135,8 +136,9 @@ def lora_bytes(s: Setup) -> dict[str, int]:
 
 
 def lora_dtype_bytes(s: Setup) -> int:
-    """bf16 in a 4/8-bit run (TRL casts trainable parameters to bf16), else fp32 (peft's upcast)."""
-    return 2 if s.quant != "none" else 4
+    """fp32 (peft's upcast; in 4/8-bit runs the kit's ``lora_fp32`` undoes TRL's bf16 cast), bf16
+    in a 4/8-bit run with ``lora_fp32: false`` (TRL casts trainable parameters to bf16)."""
+    return 2 if s.quant != "none" and not s.lora_fp32 else 4
 
 
 # -- activations -------------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def run(cfg: SFTConfig, return_trainer: bool = False):
     from mllm4d_lite.train.collator import VideoSFTCollator, sample_cost
     from mllm4d_lite.train.loading import (check_gpu_only_settings, load_model_and_processor, pick_device, pick_dtype,
                                            unsloth_importable)
-    from mllm4d_lite.train.lora import attach_lora, attach_lora_unsloth
+    from mllm4d_lite.train.lora import attach_lora, attach_lora_unsloth, keep_lora_fp32
     from mllm4d_lite.train.records import DataError, load_records, records_by_category
     from mllm4d_lite.train.video_inputs import VideoCache, check_videos
 
@@ -231,6 +231,8 @@ def run(cfg: SFTConfig, return_trainer: bool = False):
     trainer = SFTTrainer(model=model, args=trainer_args(cfg, device, torch_dtype), data_collator=collate,
                          train_dataset=dataset, processing_class=processor,
                          callbacks=[sft_metrics_callback(metrics_path, collator, device)])
+    if cfg.lora_fp32:
+        keep_lora_fp32(trainer.model)  # TRL casts a 4/8-bit model's LoRA to bf16
     quiet_progress(trainer)
     follow_thread_share(trainer)
     t0 = time.perf_counter()
