@@ -88,7 +88,6 @@ def with_block(text: str, block: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    logging.disable(logging.WARNING)
     stale = []
     for recipe in RECIPES:
         path = REPO / recipe
@@ -107,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.disable(logging.WARNING)  # the planner's notes would bury the headers (the script only, not main())
     import os
 
     os.chdir(REPO)  # the recipes name their paths from the checkout's root
