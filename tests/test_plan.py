@@ -298,3 +298,29 @@ def test_cli_bad_recipe_is_one_error_line(tmp_path):
     unknown.write_text("model: Qwen/Qwen9-VL-1T\n")
     res = _run("--config", str(unknown))
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "does not know" in res.stderr
+
+
+PLAN_ROWS = {  # README row label -> (recipe folder, extra overrides)
+    "Qwen2.5-VL-3B": ("qwen2.5-vl-3b", []),
+    "Qwen3-VL-4B": ("qwen3-vl-4b", []),
+    "Qwen3-VL-8B (the paper's)": ("qwen3-vl-4b", ["--model", "Qwen/Qwen3-VL-8B-Instruct"]),
+}
+
+
+def test_readme_plan_table_is_what_the_planner_predicts():
+    """The README's memory table is the planner's output, to 0.1 GB (rebuild it when this fails)."""
+    from mllm4d_lite.train.plan import plan_recipe
+
+    text = (REPO / "README.md").read_text()
+    table = text.split("<!-- plan-table:", 1)[1].split("\n\n", 1)[0]
+    rows = {cells[0]: cells[1:] for line in table.splitlines()[3:]
+            if (cells := [c.strip() for c in line.strip("|").split("|")])}
+    assert set(rows) == set(PLAN_ROWS)
+    for label, (folder, extra) in PLAN_ROWS.items():
+        for cell, stage in zip(rows[label], ("sft", "cold_start", "grpo")):
+            predicted = plan_recipe(str(REPO / "recipes" / folder / f"{stage}.yaml"), extra).peak_gb
+            assert float(cell.split()[0]) == pytest.approx(predicted, abs=0.051), (label, stage)
+    micro4 = plan_recipe(str(REPO / "recipes/qwen3-vl-4b/grpo.yaml"),
+                         PLAN_ROWS["Qwen3-VL-8B (the paper's)"][1]
+                         + ["--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "4"])
+    assert f"{micro4.peak_gb:.1f} with `--per-device-train-batch-size 4" in rows["Qwen3-VL-8B (the paper's)"][2]
