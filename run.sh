@@ -5,7 +5,8 @@
 #                               ARGS go to pytest); `bash run.sh test --all` runs every test (CI)
 #   bash run.sh setup [--gpu]   set up only (--gpu: also the optional GPU extras, NVIDIA only)
 #   bash run.sh demo [ARGS]     set up, then `mllm4d demo ARGS`
-# Set-up creates .venv when missing, installs requirements.txt (exact pins) and the kit,
+# Set-up creates .venv when missing, installs requirements.txt (exact pins), requirements-nodeps.txt
+# (data-only packages, --no-deps) and the kit,
 # and stamps the result: a second run with unchanged requirements takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,7 +21,7 @@ cmd="${1:-demo}"
 
 setup() {
     local hash
-    hash="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+    hash="$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
     if [ "$want_gpu" = 1 ]; then hash="$hash-gpu-$(sha256sum requirements-gpu.txt | cut -d' ' -f1)"; fi
     if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$hash" ]; then
         return 0
@@ -31,6 +32,7 @@ setup() {
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
     if [ "$want_gpu" = 1 ]; then
         if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

@@ -15,6 +15,7 @@ import sys
 # stage name -> (module, one-line description)
 STAGES: dict[str, tuple[str, str]] = {
     "synth": ("mllm4d_lite.curation.synth", "render synthetic stereo clips with exact 4D ground truth"),
+    "fetch": ("mllm4d_lite.curation.fetch", "download public stereo footage (KITTI raw + OXTS, side-by-side video) as clips"),
     "curate": ("mllm4d_lite.curation.curate", "stereo clips -> 4D annotations -> SFT / CoT / RFT / bench QA data"),
     "qa": ("mllm4d_lite.qa.stage", "4D annotations (or ground truth) -> SFT / CoT / RFT / bench QA data, est-vs-gt score"),
     "sft": ("mllm4d_lite.train.sft", "supervised fine-tuning (SFT and ST-CoT cold start) with (Q)LoRA"),
@@ -38,6 +39,9 @@ def setup_logging() -> None:
     level = os.environ.get("MLLM4D_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    from mllm4d_lite.train.distributed import quiet_other_ranks
+
+    quiet_other_ranks()  # under accelerate launch / torchrun, rank 0 alone logs and shows progress
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -10,39 +14,129 @@ from mllm4d_lite.curation import bundle_adjust, odometry, stereo, synth
 from mllm4d_lite.curation.scorecard import trajectory_ate
 
 MOTIONS = {"static": 201, "forward": 202, "right": 203, "pan_left": 204, "forward_pan_left": 205}
+# three seeds per moving camera: the target is asserted on the median clip, and no clip may miss
+# it by more than half (one seed alone is a coin toss near the target)
+MOVING_SEEDS = {"forward": (202, 206, 210), "right": (203, 207, 211), "pan_left": (204, 208, 212),
+                "forward_pan_left": (205, 209, 213)}
+# the demo's setting (tiny_data/lateral): 160x120, 40 deg, camera 0.5 m high, one near object
+# sliding 1.2-1.8 m sideways; its motion looks like a small camera motion to most of the background
+LATERAL = dict(camera_motion="static", num_objects=1, num_moving=1, depth_range_m=(2.5, 3.5),
+               travel_range_m=(1.2, 1.8), object_motions=("translate",), directions=("left", "right"),
+               hfov_deg=40.0, camera_height_m=0.5)
+
+
+def _disparity(clip) -> np.ndarray:
+    max_disp = stereo.max_disparity_for(clip.focal_px, clip.baseline_m, 1.0, clip.width)
+    return np.stack([stereo.compute_disparity(clip.left[i], clip.right[i], max_disp) for i in range(clip.num_frames)])
+
+
+@functools.lru_cache(maxsize=None)
+def _run(seed: int, motion: str, num_frames: int = 12):
+    clip = synth.generate_clip(seed, num_frames=num_frames, camera_motion=motion)
+    disp = _disparity(clip)
+    res = odometry.estimate_trajectory(clip.left, disp, clip.K, clip.baseline_m, clip.masks > 0, right=clip.right)
+    return clip, disp, res
 
 
 @pytest.fixture(scope="module")
 def runs():
-    out = {}
-    for motion, seed in MOTIONS.items():
-        clip = synth.generate_clip(seed, num_frames=12, camera_motion=motion)
-        max_disp = stereo.max_disparity_for(clip.focal_px, clip.baseline_m, 1.0, clip.width)
-        disp = np.stack([stereo.compute_disparity(clip.left[i], clip.right[i], max_disp) for i in range(clip.num_frames)])
-        res = odometry.estimate_trajectory(clip.left, disp, clip.K, clip.baseline_m, clip.masks > 0, right=clip.right)
-        out[motion] = (clip, disp, res)
-    return out
+    return {motion: _run(seed, motion) for motion, seed in MOTIONS.items() if motion in ("static", "forward_pan_left")}
+
+
+def _drift_m(res, clip) -> np.ndarray:
+    gt = np.asarray(clip.gt["camera_to_world"])
+    return np.linalg.norm(res.camera_to_world[:, :3, 3] - gt[:, :3, 3], axis=1)
+
+
+def _yaw_rad(c2w: np.ndarray) -> float:
+    """Camera turn about its y axis from the first to the last frame."""
+    rel = c2w[0, :3, :3].T @ c2w[-1, :3, :3]
+    return math.atan2(rel[0, 2], rel[2, 2])
 
 
 def test_static_camera_drift_below_2cm(runs):
     clip, _, res = runs["static"]
-    gt = np.asarray(clip.gt["camera_to_world"])
-    drift = np.linalg.norm(res.camera_to_world[:, :3, 3] - gt[:, :3, 3], axis=1)
+    drift = _drift_m(res, clip)
     assert drift.max() <= 0.02, drift
     assert res.failed_frames == []
 
 
-@pytest.mark.parametrize("motion", ["forward", "right", "pan_left", "forward_pan_left"])
-def test_moving_camera_ate_within_target(runs, motion):
-    clip, _, res = runs[motion]
-    gt = np.asarray(clip.gt["camera_to_world"])
-    ate = trajectory_ate(res.camera_to_world, gt)
-    assert ate["ate_median_m"] <= max(0.05, 0.03 * ate["path_length_m"]), ate
-    # heading: the estimated rotation follows the ground truth within 1 degree at the end
-    r_err = gt[-1, :3, :3].T @ res.camera_to_world[-1, :3, :3]
-    angle = np.degrees(np.arccos(np.clip((np.trace(r_err) - 1) / 2, -1, 1)))
-    assert angle < 1.0, angle
-    assert res.quality["vo_min_inliers"] >= 20
+@pytest.mark.parametrize("seed", [221, 222])
+def test_static_camera_with_moving_object_and_no_masks(seed):
+    """Issue 24: moving objects must not pull the camera. Without masks (the mask-free object
+    backend's case) the near object of the demo's setting dragged the old estimate 0.75-1.25 m
+    (RANSAC inlier counts tie; measured on seeds 221-224); the target is <= 2 cm."""
+    clip = synth.generate_clip(seed, 12, 160, 120, **LATERAL)
+    assert any(o["motion"].startswith("translate") for o in clip.gt["objects"])
+    disp = _disparity(clip)
+    res = odometry.estimate_trajectory(clip.left, disp, clip.K, clip.baseline_m, None, right=clip.right)
+    assert _drift_m(res, clip).max() <= 0.02
+    assert res.quality["vo_static_frames"] == clip.num_frames - 1
+
+
+def test_static_camera_with_two_movers_in_view():
+    clip = synth.generate_clip(231, 12, camera_motion="static", num_objects=3, num_moving=2)
+    assert sum(o["motion"] != "static" for o in clip.gt["objects"]) == 2
+    disp = _disparity(clip)
+    for exclude in (clip.masks > 0, None):
+        res = odometry.estimate_trajectory(clip.left, disp, clip.K, clip.baseline_m, exclude, right=clip.right)
+        assert _drift_m(res, clip).max() <= 0.02
+
+
+def test_slow_camera_is_not_frozen_by_the_static_test():
+    """A camera at a quarter of the generator's speed (~1.5 cm per frame, ~0.15 px of image motion
+    per frame on forward motion) must still be tracked: no frame may be tied to its predecessor."""
+    clip = synth.generate_clip(243, 36, camera_motion="backward")
+    clip = dataclasses.replace(clip, left=clip.left[:12], right=clip.right[:12], masks=clip.masks[:12],
+                               gt={**clip.gt, "camera_to_world": clip.gt["camera_to_world"][:12]}, gt_depth_m=None)
+    disp = _disparity(clip)
+    res = odometry.estimate_trajectory(clip.left, disp, clip.K, clip.baseline_m, clip.masks > 0, right=clip.right)
+    ate = trajectory_ate(res.camera_to_world, np.asarray(clip.gt["camera_to_world"]))
+    assert ate["path_length_m"] > 0.2
+    assert res.quality["vo_static_frames"] == 0
+    assert ate["ate_median_m"] <= max(0.02, 0.05 * ate["path_length_m"]), ate
+
+
+@pytest.mark.parametrize("motion", list(MOVING_SEEDS))
+def test_moving_camera_ate_within_target(motion):
+    ratios, yaw_ratios = [], []
+    for seed in MOVING_SEEDS[motion]:
+        clip, _, res = _run(seed, motion)
+        gt = np.asarray(clip.gt["camera_to_world"])
+        ate = trajectory_ate(res.camera_to_world, gt)
+        ratios.append(ate["ate_median_m"] / max(0.05, 0.03 * ate["path_length_m"]))
+        # heading: the estimated rotation follows the ground truth within 1 degree at the end
+        r_err = gt[-1, :3, :3].T @ res.camera_to_world[-1, :3, :3]
+        angle = np.degrees(np.arccos(np.clip((np.trace(r_err) - 1) / 2, -1, 1)))
+        assert angle < 1.0, (seed, angle)
+        assert res.quality["vo_min_inliers"] >= 20
+        assert res.quality["vo_static_frames"] == 0
+        if "pan" in motion:
+            yaw_ratios.append(_yaw_rad(res.camera_to_world) / _yaw_rad(gt))
+    assert np.median(ratios) <= 1.0 and max(ratios) <= 1.5, ratios
+    # issue 24 reported yaw at ~0.6x: the camera's yaw change is estimated at 0.9-1.1x of the truth
+    assert all(0.9 <= r <= 1.1 for r in yaw_ratios), yaw_ratios
+
+
+def test_pose_selection_rejects_a_mover_that_fools_ransac():
+    """A static camera sees far background, a little near ground and a larger near object that
+    moved 8 cm sideways since the map was built. Moving the camera 8 cm instead explains the object
+    exactly and keeps the far points within 1 px, so RANSAC's inlier count prefers it; the
+    truncated-quadratic score of :func:`odometry._estimate_pose` keeps the camera at rest."""
+    rng = np.random.default_rng(5)
+    K = np.array([[228.5, 0, 160], [0, 228.5, 120], [0, 0, 1.0]])
+    far = np.c_[rng.uniform(-8, 8, 100), rng.uniform(-3, 0.5, 100), rng.uniform(15, 25, 100)]
+    near = np.c_[rng.uniform(-1.5, 1.5, 40), np.full(40, 1.0), rng.uniform(2, 4, 40)]
+    obj = np.c_[rng.uniform(0.3, 0.9, 60), rng.uniform(-0.2, 0.6, 60), rng.uniform(2.9, 3.1, 60)]
+    world = np.vstack([far, near, obj])
+    now = world.copy()
+    now[-60:, 0] += 0.08                                           # the object moved, the camera did not
+    uv = now[:, :2] / now[:, 2:] * K[0, 0] + K[:2, 2] + rng.normal(0, 0.15, (len(now), 2))
+    _, rvec, tvec, _ = cv2.solvePnPRansac(world, uv, K, None, reprojectionError=2.0, flags=cv2.SOLVEPNP_SQPNP)
+    assert np.linalg.norm(tvec) > 0.04                              # plain RANSAC follows the object
+    pose, inl, _ = odometry._estimate_pose(world, uv, K, np.eye(4), np.eye(4), odometry.OdometryConfig())
+    assert np.linalg.norm(pose[:3, 3]) < 0.005
+    assert not inl[-60:].any() and inl[:140].mean() > 0.95
 
 
 def test_first_pose_is_identity_and_poses_are_rigid(runs):

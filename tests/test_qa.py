@@ -594,3 +594,55 @@ def test_cli_errors(tmp_path, capsys):
     assert stage.main(["--use-gt", "--clips", str(tmp_path), "--bench-fraction", "1.5"]) == 2
     assert "bench_fraction" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- annotations that hold only moving objects
+
+def moving_only(ann: dict, **extra) -> dict:
+    """``ann`` without its objects that do not move (as the mask-free flow backend reports it)."""
+    keep = [o for o in ann["objects"] if np.linalg.norm(np.subtract(o["centers"][-1], o["centers"][0])) > 0.3]
+    return {**ann, "objects": keep, **extra}
+
+
+@pytest.mark.parametrize("extra", [{"object_coverage": "moving"},
+                                   {"quality": {"objects": "flow: moving objects from residual scene flow"}}])
+def test_moving_coverage_counts_only_what_it_holds(extra, tmp_path):
+    ann = moving_only(SCENE, **extra)  # the static green cylinder is left out
+    assert len(ann["objects"]) == 2
+    full = {q.key: q for q in questions(SCENE, category="counting")}
+    part = {q.key: q for q in questions(ann, category="counting")}
+    # "how many are not moving" would count the left-out cylinder: not asked; the rest unchanged
+    assert sorted(part) == sorted(set(full) - {"static"})
+    assert all(part[k].answer == full[k].answer for k in part)
+    assert part["moving"].answer == "2" and "Only the objects seen moving" in part["moving"].reasoning
+    # "no yellow cone there" is unknown when static objects are not annotated
+    assert questions(ann, category="false_positive") == [] and questions(SCENE, category="false_positive")
+    result = agreement([ann], [SCENE], QAConfig())
+    assert result["per_category"]["counting"] == {"matched": 5, "agree": 5} and result["est_only"] == 0
+    summary = build_datasets([dict(ann, clip_id="m"), dict(SCENE, clip_id="a")], tmp_path, QAConfig())
+    assert summary["clips_moving_objects_only"] == ["m"]
+    assert "clips_moving_objects_only" not in build_datasets([SCENE], tmp_path / "all", QAConfig())
+
+
+def test_bad_object_coverage_is_an_error(tmp_path):
+    with pytest.raises(AnnotationError, match="object_coverage 'some'.*'all', 'moving'"):
+        build_datasets([dict(SCENE, object_coverage="some")], tmp_path / "out", QAConfig())
+    assert not (tmp_path / "out").exists()
+    assert len(questions(dict(SCENE, object_coverage="all"))) == len(questions(SCENE))
+
+
+def test_moving_only_ground_truth_agrees_with_full_ground_truth():
+    # tiny_data's ground truth without its static objects, declared "moving": every question it asks,
+    # the full ground truth asks too, with the same answer (counting included)
+    root = Path(__file__).resolve().parent.parent / "tiny_data"
+    full, part = [], []
+    for d in sorted(root.glob("synth_s*")):
+        gt = json.loads((d / "gt.json").read_text())
+        static = {g["id"] for g in gt["objects"] if g["motion"] == "static"}
+        ann = annotation_from_gt_dir(d)
+        full.append(ann)
+        part.append({**ann, "objects": [o for o in ann["objects"] if o["id"] not in static], "object_coverage": "moving"})
+    result = agreement(part, full, QAConfig())
+    assert result["est_only"] == 0 and result["per_category"]["counting"]["matched"] >= 50
+    assert all(c["agree"] == c["matched"] for c in result["per_category"].values()), result["disagreements"]
+    assert "false_positive" not in result["per_category"]

@@ -24,6 +24,7 @@ STAGE_CONFIGS = {
     "sft": ("mllm4d_lite.train.sft", "SFTConfig"),
     "cold_start": ("mllm4d_lite.train.sft", "SFTConfig"),
     "grpo": ("mllm4d_lite.train.grpo", "GRPOConfig"),
+    "curate": ("mllm4d_lite.curation.curate", "CurateRun"),
 }
 
 
@@ -49,7 +50,7 @@ def test_recipe_loads_and_validates(path):
     header = path.read_text().split("\n")
     assert header[0].startswith("#"), f"{path} must open with a comment (purpose, command, hardware, time)"
     comment = "\n".join(line for line in header if line.startswith("#"))
-    if path.stem.startswith("accelerate"):  # a launcher config: accelerate validates it
+    if path.parent.name == "accelerate":  # a launcher config (recipes/accelerate/): accelerate validates it
         from accelerate.commands.config.config_args import load_config_from_file
 
         launcher = load_config_from_file(str(path))

@@ -32,6 +32,12 @@ def _files_under(root):
 
 
 # ----------------------------------------------------------------------------- 1. ids -> paths
+@pytest.mark.hostile(
+    stage="all",
+    case="an id that is not one file name: `../../../x`, `a/b`, `/etc/passwd`, `..`, empty, NUL, "
+         "newline, backslash, leading dot, over 200 characters",
+    gets="refused (`UnsafeIdError`) naming the file, the field and the value; never sanitised "
+         "silently")
 @pytest.mark.parametrize("bad", ["../../../x", "a/b", "/etc/passwd", "..", ".", "", "x\x00y", "a\nb",
                                  "a\\b", ".hidden", "x" * 201])
 def test_safe_id_refuses_what_is_not_one_file_name(bad):
@@ -46,11 +52,20 @@ def test_safe_id_keeps_plain_names_unchanged(good, tmp_path):
     assert kit_io.id_path(tmp_path, good, ".json") == tmp_path / f"{good}.json"
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="an id that is not a string (`[\"a\"]`)",
+    gets="refused: \"must be a string\"")
 def test_safe_id_refuses_non_strings():
     with pytest.raises(kit_io.UnsafeIdError, match="must be a string"):
         kit_io.safe_id(["a"], "clip_id")
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="`clip_id` of `../../../x` in a `clip.json`",
+    gets="that clip skipped with an error naming `clip_id` and the value; the other clip "
+         "curated; nothing written outside `--out`")
 def test_traversing_clip_id_is_skipped_and_nothing_leaves_out(tiny_clips, tmp_path, caplog):
     clips = tmp_path / "data" / "clips"
     shutil.copytree(tiny_clips, clips)
@@ -71,6 +86,10 @@ def test_traversing_clip_id_is_skipped_and_nothing_leaves_out(tiny_clips, tmp_pa
     assert "clip_id" in caplog.text and "'../../../x'" in caplog.text and "path separator" in caplog.text
 
 
+@pytest.mark.hostile(
+    stage="synth",
+    case="a clip id with `..\\` or `../` when loading or saving a clip",
+    gets="`ClipError` naming `clip.json`; nothing written outside the folder")
 def test_load_clip_and_save_clip_refuse_unsafe_ids(tiny_clips, tmp_path):
     clip_dir = tmp_path / "c"
     shutil.copytree(tiny_clips / "synth_s00301", clip_dir)
@@ -86,6 +105,10 @@ def test_load_clip_and_save_clip_refuse_unsafe_ids(tiny_clips, tmp_path):
     assert not (tmp_path / "escape").exists()
 
 
+@pytest.mark.hostile(
+    stage="qa",
+    case="an annotation file whose `clip_id` is `../x`",
+    gets="`AnnotationError` naming the file (path separator)")
 def test_annotation_with_unsafe_clip_id_is_refused():
     from mllm4d_lite.curation.annotation import AnnotationError, validate_annotation
 
@@ -96,6 +119,11 @@ def test_annotation_with_unsafe_clip_id_is_refused():
     validate_annotation({**ann, "clip_id": "ok_1"}, "ann.json")
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="an explicit source clip id `../x` or `.hidden`",
+    gets="refused, not rewritten (a file name maps to an id as documented: `my clip` -> "
+         "`my_clip`)")
 def test_explicit_source_clip_id_is_refused_not_rewritten(tmp_path):
     from mllm4d_lite.curation.sources import _safe_id
 
@@ -120,6 +148,11 @@ def _clip_copy(tiny_clips, tmp_path, **edits):
     return clip_dir
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="`clip.json` numbers: `baseline_m` Infinity / NaN / `\"0.1m\"`, `K` with fx -50 or inf, "
+         "`fps` 0 / inf / true, `num_frames` wrong / 6.5 / 0, `width` 1e9, `height` null",
+    gets="`ClipError` in one line naming `clip.json`, the field, the rule and the value")
 @pytest.mark.parametrize("edits, message", [
     ({"baseline_m": float("inf")}, "baseline_m must be > 0 and finite, got inf"),
     ({"baseline_m": float("nan")}, "baseline_m must be > 0 and finite, got nan"),
@@ -147,6 +180,11 @@ def test_valid_clip_json_numbers_load_unchanged(tiny_clips, tmp_path):
     assert clip.num_frames == 6 and clip.fps == 8.0 and isinstance(clip.fps, float)
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="`baseline_m: Infinity` in a native `clip.json`",
+    gets="that clip skipped with the error logged (never labelled \"camera not moving\"); the "
+         "other clip curated")
 def test_baseline_infinity_is_skipped_by_curate_not_labelled(tiny_clips, tmp_path, caplog):
     clips = tmp_path / "clips"
     shutil.copytree(tiny_clips, clips)
@@ -161,6 +199,10 @@ def test_baseline_infinity_is_skipped_by_curate_not_labelled(tiny_clips, tmp_pat
     assert [p.name for p in (tmp_path / "out" / "annotations").iterdir()] == ["synth_s00301.json"]
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="calibration YAML with `baseline_m` .inf / .nan, `fx` -300, `fps` 0 or .inf",
+    gets="`ClipError` naming the calibration file, the field and the value")
 @pytest.mark.parametrize("line, message", [
     ("baseline_m: .inf", "`baseline_m` must be > 0 and finite, got inf"),
     ("baseline_m: .nan", "`baseline_m` must be > 0 and finite, got nan"),
@@ -178,6 +220,11 @@ def test_calibration_numbers_go_through_the_same_check(tmp_path, line, message):
     assert message in str(err.value) and str(calib) in str(err.value)
 
 
+@pytest.mark.hostile(
+    stage="synth",
+    case="command-line numbers `--num-clips .inf` / `1e400` / `2.5`, `--frames nan`, `--fps nan` "
+         "/ `-.inf`",
+    gets="one error line naming the option and the rule, exit 2; nothing created")
 @pytest.mark.parametrize("args, message", [
     (["--num-clips", ".inf"], "`num_clips` must be finite, got"),
     (["--num-clips", "1e400"], "`num_clips` must be finite"),
@@ -195,6 +242,11 @@ def test_cli_numbers_not_finite_are_one_error_line(tmp_path, capsys, args, messa
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="numbers that are booleans, null, lists, fractions as text, NaN, ±inf, `.inf`, or out "
+         "of range",
+    gets="`NumberError` naming the file, the field, the rule, the value and the fix")
 def test_check_number_rules():
     from mllm4d_lite.checks import NumberError, check_number
 
@@ -228,6 +280,11 @@ def _stage_configs():
     return found
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="command-line text YAML would rewrite (`2024_01`, `no`, `on`, `1e3`, `0o17`, `.inf`, "
+         "`True`, `[a, b]`) for any string option of any stage",
+    gets="kept verbatim")
 def test_every_string_field_of_every_stage_keeps_command_line_text_verbatim():
     import dataclasses
     import typing
@@ -248,6 +305,10 @@ def test_every_string_field_of_every_stage_keeps_command_line_text_verbatim():
     assert checked >= 20
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="`--out 2024_01`, `--out no`, `--clips off`",
+    gets="paths kept as typed; only numeric and boolean options are converted")
 @pytest.mark.parametrize("argv, want", [
     (["--out", "2024_01"], {"out": "2024_01"}),
     (["--out", "no"], {"out": "no"}),
@@ -263,6 +324,10 @@ def test_curate_command_line_paths_stay_text_numbers_and_flags_are_typed(argv, w
         assert got == value and type(got) is type(value), (key, got)
 
 
+@pytest.mark.hostile(
+    stage="synth",
+    case="`--out 2024_01`, `--out no`",
+    gets="writes to `2024_01/` and `no/` (not `202401/` or `False/`)")
 def test_synth_out_is_not_rewritten_on_disk(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = synth.main(["--out", "2024_01", "--num-clips", "1", "--frames", "2", "--size", "32x32"])
@@ -295,6 +360,10 @@ def _enospc(fd, data):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="a full disk (ENOSPC) while writing a JSON file or a set of files",
+    gets="the error raised; the old file kept intact; no temporary file left")
 def test_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     target = tmp_path / "a.json"
     kit_io.atomic_write_json(target, {"old": 1})
@@ -308,6 +377,10 @@ def test_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="a write that fails half-way (text that cannot be encoded)",
+    gets="the error raised; no temporary file left")
 def test_a_write_failing_half_way_leaves_no_temporary(tmp_path):
     with pytest.raises(UnicodeEncodeError):
         kit_io.atomic_write_text(tmp_path / "x.txt", "ok \ud800")  # not encodable
@@ -322,6 +395,10 @@ def test_written_files_have_the_usual_permissions(tmp_path):
     assert (tmp_path / "x.txt").read_text() == "hi"
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="four threads writing one file 150 times each",
+    gets="no error; the file holds one complete write; no temporary file left")
 def test_concurrent_writers_of_one_file_never_collide(tmp_path):
     target = tmp_path / "same.json"
     errors = []
@@ -343,6 +420,11 @@ def test_concurrent_writers_of_one_file_never_collide(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["same.json"]
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="a full disk during curate",
+    gets="one error line (\"No space left on device\", \"free disk space\"), exit 2; no hidden "
+         "temporary files")
 def test_curate_on_a_full_disk_is_one_error_line(tiny_clips, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(kit_io, "_write_fd", _enospc)
     out = tmp_path / "out"
@@ -352,6 +434,10 @@ def test_curate_on_a_full_disk_is_one_error_line(tiny_clips, tmp_path, monkeypat
     assert [p for p in out.rglob("*") if p.name.startswith(".")] == []
 
 
+@pytest.mark.hostile(
+    stage="synth",
+    case="a full disk while synth writes videos",
+    gets="one error line, exit 2, no traceback; nothing left in `--out`")
 def test_synth_on_a_full_disk_is_one_error_line(tmp_path, monkeypatch, capsys):
     import mllm4d_lite.curation.video as video
 
@@ -365,6 +451,10 @@ def test_synth_on_a_full_disk_is_one_error_line(tmp_path, monkeypatch, capsys):
     assert list((tmp_path / "o").iterdir()) == []
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="two identical curate processes into one `--out` at the same time",
+    gets="both succeed; outputs identical to a single run; no temporary file left")
 def test_two_identical_curates_into_one_folder_at_once_both_succeed(tiny_clips, tmp_path):
     """Two processes write the same annotations, QA files and config into one folder at the same time."""
     import subprocess
@@ -391,6 +481,10 @@ def test_two_identical_curates_into_one_folder_at_once_both_succeed(tiny_clips, 
 
 
 # ----------------------------------------------------------------------------- 5. limits, --out
+@pytest.mark.hostile(
+    stage="synth",
+    case="`--frames 1000000`, `--size 40000x40000`, 9000 frames of 16000x16000",
+    gets="refused within seconds, before any work, in one line naming the limit; nothing written")
 @pytest.mark.parametrize("args, message", [
     (["--frames", "1000000"], "`frames` 1000000 is above the limit of 10000 frames per clip; use fewer --frames"),
     (["--size", "40000x40000"], "above the limit of 16384 pixels per side"),
@@ -410,6 +504,10 @@ def test_synth_requests_over_the_limits_are_refused_at_once(tmp_path, capsys, ar
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
 
 
+@pytest.mark.hostile(
+    stage="synth",
+    case="a request needing more memory than is free",
+    gets="one error line with the estimate per clip, exit 2")
 def test_synth_memory_estimate_against_available_ram(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(synth, "available_memory_bytes", lambda: 40 * 2**20)  # 40 MiB free
     rc = synth.main(["--out", str(tmp_path / "o"), "--frames", "16", "--size", "320x240"])  # needs ~47 MiB
@@ -431,6 +529,10 @@ def _readonly(monkeypatch, folder):
         monkeypatch.setattr(kit_io.tempfile, "NamedTemporaryFile", denied)
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="`--out` that is an existing file, or a read-only folder (synth, curate)",
+    gets="one error line naming `--out` and the fix, exit 2; the file untouched; nothing written")
 @pytest.mark.parametrize("stage", ["synth", "curate"])
 def test_out_that_is_a_file_or_read_only_is_one_error_line(tiny_clips, tmp_path, capsys, monkeypatch, stage):
     main = synth.main if stage == "synth" else curate.main
@@ -453,6 +555,10 @@ def test_out_that_is_a_file_or_read_only_is_one_error_line(tiny_clips, tmp_path,
     assert list(ro.iterdir()) == []
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="two curates forced to rename onto the same targets in lockstep",
+    gets="both succeed (unique temporary names); no temporary file left")
 def test_two_curates_renaming_the_same_files_in_lockstep_both_succeed(tiny_clips, tmp_path, monkeypatch, capsys):
     """Forces the race: every rename onto a target waits until the other run renames onto the same
     target too, so two runs sharing one temporary name would lose a file (FileNotFoundError)."""

@@ -32,6 +32,12 @@ def _truncate(path, keep=0.5):
     path.write_bytes(data[:int(len(data) * keep)])
 
 
+@pytest.mark.hostile(
+    stage="sft",
+    case="the newest checkpoint torn: adapter, optimizer, scheduler, trainer state, RNG state or "
+         "adapter config truncated, deleted or empty",
+    gets="`--resume` goes on from the newest complete checkpoint and warns which file was "
+         "incomplete")
 @pytest.mark.parametrize("torn", [
     ("adapter_model.safetensors", "truncate"), ("optimizer.pt", "truncate"), ("scheduler.pt", "truncate"),
     ("trainer_state.json", "truncate"), ("rng_state.pth", "truncate"), ("adapter_config.json", "truncate"),
@@ -61,6 +67,10 @@ def test_complete_checkpoints_resume_from_the_newest_by_step(tmp_path, caplog):
     assert "incomplete" not in caplog.text
 
 
+@pytest.mark.hostile(
+    stage="sft",
+    case="`--resume` with no checkpoint, or only torn ones",
+    gets="`ConfigError` in one line naming the folder and the torn file")
 def test_all_checkpoints_torn_or_none_is_one_error_line(tmp_path):
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         checkpoint_to_resume(tmp_path)
@@ -69,6 +79,10 @@ def test_all_checkpoints_torn_or_none_is_one_error_line(tmp_path):
         checkpoint_to_resume(tmp_path)
 
 
+@pytest.mark.hostile(
+    stage="sft",
+    case="SFT `--resume` after checkpoint-4's optimizer was cut in half (tiny model, end to end)",
+    gets="resumes from checkpoint-2 with a warning; finishes at step 6; each step logged once")
 def test_sft_resume_skips_a_truncated_checkpoint(tiny_qwen25, tmp_path, caplog):
     """End to end on the tiny model: checkpoint-4's optimizer is cut in half; --resume goes on from 2."""
     from mllm4d_lite.config import build_config

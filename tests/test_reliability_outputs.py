@@ -32,6 +32,11 @@ def _snapshot(out):
             if p.is_file() and p.name != "config.yaml"}
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="re-curating fewer clips into an `--out` that holds another clip set's outputs",
+    gets="the other clips' annotations, plots and QA files removed (logged); foreign files kept; "
+         "`mllm4d qa` sees only this run's clips")
 def test_recurating_fewer_clips_removes_the_others_and_qa_does_not_mix_them(two_sets, tmp_path, caplog):
     root, ids = two_sets
     out = tmp_path / "out"
@@ -71,6 +76,10 @@ def test_recurating_the_same_clips_keeps_every_output_identical(two_sets, tmp_pa
     assert {k for k in first if first[k] != second[k]} <= {"qa_summary.json"}  # only its elapsed_s may differ
 
 
+@pytest.mark.hostile(
+    stage="curate",
+    case="stale-output clean-up in a folder with hidden and foreign files",
+    gets="only the kit's own outputs of clips not produced are removed")
 def test_remove_stale_outputs_keeps_hidden_and_foreign_files(tmp_path):
     (tmp_path / "annotations").mkdir()
     for name in ("a.json", "b.json", ".b.json.x1.tmp", "b.txt"):

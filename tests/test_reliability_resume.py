@@ -6,6 +6,8 @@ import json
 import logging
 import shutil
 
+import pytest
+
 from mllm4d_lite.eval.evaluate import bench_digest, main
 
 
@@ -31,6 +33,11 @@ def test_bench_digest_follows_content_only():
     assert bench_digest(a).startswith("sha256:") and len(bench_digest(a)) == 7 + 64
 
 
+@pytest.mark.hostile(
+    stage="eval",
+    case="`mllm4d eval run` re-run after the bench file changed under the same path",
+    gets="the new questions asked (old predictions not reused), a warning says the bench "
+         "changed; no stale rows or duplicates")
 def test_eval_rerun_after_bench_changed_answers_the_new_questions(tiny_qwen25, random_video, tmp_path, caplog):
     out = tmp_path / "out"
     bench = _bench(tmp_path, random_video, ["Which way does the box move?", "Which way does the ball move?"])
@@ -63,6 +70,10 @@ def test_eval_rerun_after_bench_changed_answers_the_new_questions(tiny_qwen25, r
     assert report["overall"]["n"] == 3
 
 
+@pytest.mark.hostile(
+    stage="eval",
+    case="resuming an output folder written before bench digests existed",
+    gets="resumes when the bench is unchanged (digest added), redoes the work when it changed")
 def test_folder_from_before_digests_resumes_when_its_predictions_fit(tiny_qwen25, random_video, tmp_path, caplog):
     out = tmp_path / "out"
     bench = _bench(tmp_path, random_video, ["Which way does the box move?"])
@@ -88,6 +99,10 @@ def test_folder_from_before_digests_resumes_when_its_predictions_fit(tiny_qwen25
     assert [p["question"] for p in _lines(out / "predictions.jsonl")] == ["Which way does the ball move?"]
 
 
+@pytest.mark.hostile(
+    stage="eval",
+    case="resuming eval into a folder made with other settings (`--frames`)",
+    gets="refused, exit 2: \"different run\"")
 def test_other_model_settings_are_still_refused(tiny_qwen25, random_video, tmp_path, capsys):
     out = tmp_path / "out"
     bench = _bench(tmp_path, random_video, ["Which way does the box move?"])
@@ -99,6 +114,10 @@ def test_other_model_settings_are_still_refused(tiny_qwen25, random_video, tmp_p
     assert "different run" in capsys.readouterr().err
 
 
+@pytest.mark.hostile(
+    stage="eval",
+    case="a torn `run_key.json` in the output folder",
+    gets="one error line, exit 2")
 def test_unreadable_run_key_is_one_error_line(tiny_qwen25, random_video, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -18,6 +18,10 @@ def _frames(seed=0, t=4):
     return (rng.random((t, 32, 48, 3)) * 255).astype(np.uint8)
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="video writes racing on one fixed temporary name",
+    gets="unique temporary names; an unrelated `left.tmp.mp4` left alone; usual permissions")
 def test_write_video_never_uses_a_fixed_temporary_name(tmp_path):
     path = tmp_path / "left.mp4"
     (tmp_path / "left.tmp.mp4").mkdir()  # the old fixed temporary name, taken by something else
@@ -35,6 +39,10 @@ def test_video_bytes_do_not_depend_on_the_temporary_name(tmp_path):
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="two threads writing one video at once",
+    gets="both succeed; one complete video; no temporary file left")
 def test_concurrent_writers_of_one_video_both_succeed(tmp_path):
     path = tmp_path / "v" / "left.mp4"
     errors = []
@@ -55,6 +63,10 @@ def test_concurrent_writers_of_one_video_both_succeed(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["left.mp4"]
 
 
+@pytest.mark.hostile(
+    stage="all",
+    case="a video encode that fails",
+    gets="the error raised; no temporary file left")
 def test_failed_encode_leaves_no_temporary_file(tmp_path, monkeypatch):
     import av
 
@@ -67,6 +79,10 @@ def test_failed_encode_leaves_no_temporary_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.hostile(
+    stage="grpo",
+    case="GRPO records whose videos cannot be read",
+    gets="one error line: \"no record has a readable video (2 skipped)\", exit 2")
 def test_grpo_without_a_readable_video_is_one_error_line(tiny_qwen25, tmp_path, capsys):
     from mllm4d_lite.train import grpo
 

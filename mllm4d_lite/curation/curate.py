@@ -6,8 +6,9 @@ camera trajectory by stereo visual odometry with bundle adjustment (:mod:`mllm4d
 -> object centres and relative yaw from the clip's masks (:mod:`mllm4d_lite.curation.tracks`) ->
 ``annotations/<clip_id>.json`` (the annotation format of docs/data-format.md plus ``clip_dir``,
 ``source``, per-object ``yaw_rad`` = heading change since the object's first visible frame, and a
-``quality`` block). Clips without masks get no objects (a detector/tracker backend is a later
-step; the annotation's ``quality.objects`` says so). Then :func:`mllm4d_lite.qa.dataset.build_datasets`
+``quality`` block). Clips without masks get no objects unless ``--object-backend flow``
+(:mod:`mllm4d_lite.curation.flow_objects`: moving objects from residual scene flow, masks ignored);
+the annotation's ``quality.objects`` says which. Then :func:`mllm4d_lite.qa.dataset.build_datasets`
 turns the annotations into ``sft.jsonl``, ``cot.jsonl``, ``rft.jsonl``, ``bench.json`` and
 ``qa_summary.json``.
 
@@ -41,9 +42,10 @@ import numpy as np
 from tqdm import tqdm
 
 from mllm4d_lite.config import ConfigError, merge_config_classes, parse_config, save_resolved, split_config
-from mllm4d_lite.curation import odometry, stereo, tracks
+from mllm4d_lite.curation import flow_objects, odometry, receipts, stereo, tracks
 from mllm4d_lite.curation.annotation import annotation_from_gt, annotation_from_gt_dir
 from mllm4d_lite.curation.clip import Clip, ClipError
+from mllm4d_lite.curation.engine_ray import RayEngineError  # the engine itself (and ray) load on use
 from mllm4d_lite.curation.scorecard import aggregate_scores, plot_clip, score_clip, scorecard_text
 from mllm4d_lite.curation.sources import ClipSource, find_sources
 from mllm4d_lite.io import OutputDirError, atomic_write_json, id_path, prepare_output_dir, write_error_text
@@ -53,6 +55,8 @@ from mllm4d_lite.qa.dataset import build_datasets
 
 log = logging.getLogger(__name__)
 
+#: where object tracks come from: the clip's instance masks, or the mask-free flow backend
+OBJECT_BACKENDS = ("masks", "flow")
 
 @dataclass
 class CurateConfig:
@@ -60,24 +64,38 @@ class CurateConfig:
 
     clips: str = field(default="tiny_data", metadata={"help": "folder of clips (native folders, KITTI drives, side-by-side videos, frame folders)"})
     out: str = field(default="runs/curate", metadata={"help": "output folder (annotations/, QA files, scorecard.json, plots/)"})
-    workers: int = field(default=1, metadata={"help": "clips processed in parallel (processes)"})
+    workers: int = field(default=1, metadata={"help": "clips processed in parallel (processes; with --engine ray: the CPUs of the local Ray instance)"})
+    engine: str = field(default="local", metadata={"help": "local (this machine, --workers processes) | ray (one Ray task per clip; see --ray-address)"})
+    ray_address: str = field(default="", metadata={"help": "--engine ray: empty = start a local Ray instance; auto = join this node's cluster; HOST:PORT or ray://HOST:PORT"})
+    resume: bool = field(default=True, metadata={"help": "reuse clips this --out already finished from the same clip bytes, settings and code (curate_state/); false redoes every clip"})
     plot: bool = field(default=False, metadata={"help": "write plots/<clip_id>.png: top-down estimated vs ground-truth trajectories"})
     score: bool = field(default=False, metadata={"help": "score against ground truth (gt.json, gt_depth.npz) -> scorecard.json"})
     use_gt: bool = field(default=False, metadata={"help": "skip estimation: build QA data from ground-truth annotations"})
     max_frames: int = field(default=0, metadata={"help": "use at most this many frames per clip (0 = all; non-native sources)"})
     min_depth_m: float = field(default=1.0, metadata={"help": "nearest depth the disparity search covers (sets max disparity)"})
     qa: bool = field(default=True, metadata={"help": "build the QA data after the annotations"})
+    object_backend: str = field(default="masks", metadata={"help": "masks (the clip's instance masks) | flow (moving objects from stereo + optical flow; masks ignored)"})
 
     def validate(self) -> None:
+        if self.object_backend not in OBJECT_BACKENDS:
+            raise ConfigError(f"object_backend must be one of {list(OBJECT_BACKENDS)}, got {self.object_backend!r}; "
+                              "use --object-backend flow for clips without masks")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"engine must be local or ray, got {self.engine!r}")
+        if self.ray_address and self.engine != "ray":
+            raise ConfigError(f"--ray-address {self.ray_address} needs --engine ray")
         if self.min_depth_m <= 0:
             raise ConfigError(f"min_depth_m must be > 0, got {self.min_depth_m}")
         if self.use_gt and self.score:
             raise ConfigError("--use-gt and --score together compare ground truth with itself; choose one")
 
 
-STAGE_CLASSES = (CurateConfig, stereo.StereoConfig, odometry.OdometryConfig, tracks.TrackConfig)
+STAGE_CLASSES = (CurateConfig, stereo.StereoConfig, odometry.OdometryConfig, tracks.TrackConfig,
+                 flow_objects.FlowObjectConfig)
+#: the options a clip's receipt key covers (less receipts.RUN_ONLY_KEYS)
+STAGE_KEYS = frozenset(f for cls in STAGE_CLASSES for f in cls.__dataclass_fields__)
 # ``mllm4d curate``'s one flat set of flags / YAML keys: the stages above, then the QA step's
 CurateRun = merge_config_classes("CurateRun", *STAGE_CLASSES, QAConfig)
 
@@ -85,8 +103,13 @@ CurateRun = merge_config_classes("CurateRun", *STAGE_CLASSES, QAConfig)
 # ----------------------------------------------------------------------------- one clip
 def estimate_annotation(clip: Clip, min_depth_m: float = 1.0, stereo_cfg: stereo.StereoConfig | None = None,
                         vo_cfg: odometry.OdometryConfig | None = None, track_cfg: tracks.TrackConfig | None = None,
+                        flow_cfg: flow_objects.FlowObjectConfig | None = None, object_backend: str = "masks",
                         ) -> tuple[dict[str, Any], np.ndarray, dict[str, float]]:
     """Run the 4D pipeline on a loaded clip.
+
+    ``object_backend`` "masks" takes objects from the clip's instance masks (none without masks);
+    "flow" finds moving objects with :mod:`mllm4d_lite.curation.flow_objects` and never reads the
+    masks (odometry then runs without them too), adding ``objects_log`` to the annotation.
 
     Returns the annotation dict (docs/data-format.md + extensions), the disparity (N, H, W) float32 px and
     per-stage timings in seconds (``disparity_s``, ``odometry_s``, ``tracks_s``).
@@ -102,17 +125,22 @@ def estimate_annotation(clip: Clip, min_depth_m: float = 1.0, stereo_cfg: stereo
                           for i in range(clip.num_frames)])
     timings["disparity_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    exclude = clip.masks > 0 if clip.masks is not None else None
+    exclude = clip.masks > 0 if (clip.masks is not None and object_backend == "masks") else None
     vo = odometry.estimate_trajectory(clip.left, disparity, clip.K, clip.baseline_m, exclude, vo_cfg, right=clip.right)
     timings["odometry_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     objects = []
     obj_quality: dict[str, Any] = {}
-    if clip.masks is None:
-        obj_quality["objects"] = ("none: this clip has no masks; objects need a detector/tracker backend, "
-                                  "which is a later step")
-        log.warning("%s: no masks, so no objects are annotated (a detector/tracker backend is a later step)",
-                    clip.path or clip.clip_id)
+    objects_log = None
+    if object_backend == "flow":
+        objects, objects_log, _ = flow_objects.flow_objects(clip.left, disparity, clip.K, clip.baseline_m,
+                                                            vo.camera_to_world, flow_cfg, track_cfg)
+        obj_quality["objects"] = "flow: moving objects from residual scene flow (masks ignored)"
+    elif clip.masks is None:
+        obj_quality["objects"] = ("none: this clip has no masks and no detector backend; --object-backend flow "
+                                  "finds moving objects without masks")
+        log.warning("%s: no masks, so no objects are annotated; --object-backend flow finds moving objects "
+                    "without masks", clip.path or clip.clip_id)
     else:
         grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip.left]
         ids = sorted(set(int(i) for i in np.unique(clip.masks)) - {0} | set(clip.labels))
@@ -146,6 +174,9 @@ def estimate_annotation(clip: Clip, min_depth_m: float = 1.0, stereo_cfg: stereo
                     for o in objects],
         "quality": quality,
     }
+    if objects_log is not None:
+        ann["objects_log"] = objects_log
+        ann["object_coverage"] = "moving"  # the flow backend sees moving objects only (docs/questions.md)
     return ann, disparity, timings
 
 
@@ -158,6 +189,10 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
     {"error"}. Used directly and inside worker processes (arguments are picklable)."""
     cfg = CurateConfig(**{k: v for k, v in run.items() if k in CurateConfig.__dataclass_fields__})
     try:
+        key = receipts.clip_key(source, run, STAGE_KEYS)
+        done = receipts.load_done(source, out_dir, key, cfg.plot) if cfg.resume else None
+        if done is not None:
+            return done
         t0 = time.perf_counter()
         clip = source.load(load_depth=cfg.score, max_frames=cfg.max_frames or None)
         load_s = time.perf_counter() - t0
@@ -169,7 +204,8 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
             disparity, timings = None, {}
         else:
             parts = [cls(**{k: v for k, v in run.items() if k in cls.__dataclass_fields__}) for cls in STAGE_CLASSES[1:]]
-            ann, disparity, timings = estimate_annotation(clip, cfg.min_depth_m, *parts)
+            ann, disparity, timings = estimate_annotation(clip, cfg.min_depth_m, *parts,
+                                                          object_backend=cfg.object_backend)
         timings["load_s"] = load_s
         result: dict[str, Any] = {"clip_id": clip.clip_id, "annotation": ann, "timings": timings,
                                   "num_frames": clip.num_frames}
@@ -180,6 +216,7 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
         if cfg.plot:
             plot_clip(clip, ann, id_path(Path(out_dir) / "plots", clip.clip_id, ".png", "clip_id", clip.path))
         atomic_write_json(ann_path, ann)
+        result["receipt"] = receipts.write_receipt(source, out_dir, key, result, ann_path)  # last: the clip is done
         return result
     except (ClipError, ValueError, OSError) as err:  # VideoError/StereoError are ValueErrors
         return {"error": f"{source.path}: {err}", "source": source.path}
@@ -189,11 +226,19 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
 
 
 # ----------------------------------------------------------------------------- command line
-def run_clips(sources: list[ClipSource], out_dir: Path, run: dict[str, Any], workers: int) -> tuple[list[dict], list[str]]:
-    """Curate every source (in ``workers`` processes when > 1); returns results and error lines."""
+def run_clips(sources: list[ClipSource], out_dir: Path, run: dict[str, Any], workers: int,
+              engine: str = "local", ray_address: str = "") -> tuple[list[dict], list[str]]:
+    """Curate every source (in ``workers`` processes when > 1, or as Ray tasks with ``engine`` "ray");
+    returns results (clips reused from an earlier run carry ``"reused": True``) and error lines."""
     results, errors = [], []
     bar = tqdm(total=len(sources), desc="curate", unit="clip", disable=None)
-    if workers <= 1:
+    if engine == "ray":
+        from mllm4d_lite.curation import engine_ray  # imports ray only now
+
+        for res in engine_ray.iter_results(sources, str(out_dir), run, ray_address, workers):
+            (errors.append(res["error"]) if "error" in res else results.append(res))
+            bar.update(1)
+    elif workers <= 1:
         for src in sources:
             res = curate_clip(src, str(out_dir), run)
             (errors.append(res["error"]) if "error" in res else results.append(res))
@@ -214,6 +259,10 @@ def run_clips(sources: list[ClipSource], out_dir: Path, run: dict[str, Any], wor
     bar.close()
     for line in errors:
         log.error("skipped %s", line)
+    reused = sum(1 for r in results if r.get("reused"))
+    if reused:
+        log.info("%d clip(s) reused: this --out already holds them from the same clip bytes, settings and "
+                 "code (%s/); --resume false redoes them", reused, receipts.RECEIPTS_DIR)
     results.sort(key=lambda r: r["clip_id"])
     return results, errors
 
@@ -266,6 +315,9 @@ def run(run_cfg: Any) -> int:
         return 2
     try:
         return _curate(run_cfg, cfg, sources, out)
+    except RayEngineError as err:
+        sys.stderr.write(f"mllm4d curate: error: {err}\n")
+        return 2
     except OSError as err:  # e.g. the disk filled up: one line, no traceback, no temporary files left
         sys.stderr.write(f"mllm4d curate: error: {write_error_text(err, out)}\n")
         return 2
@@ -276,11 +328,15 @@ def _curate(run_cfg: Any, cfg: CurateConfig, sources: list[ClipSource], out: Pat
     save_resolved(run_cfg, out)
     settings = asdict(run_cfg)
     start = time.perf_counter()
-    results, errors = run_clips(sources, out, settings, min(cfg.workers, len(sources)))
+    workers = cfg.workers if cfg.engine == "ray" else min(cfg.workers, len(sources))
+    results, errors = run_clips(sources, out, settings, workers, cfg.engine, cfg.ray_address)
     elapsed = time.perf_counter() - start
     annotations = [r["annotation"] for r in results]
     frames = sum(r["num_frames"] for r in results)
     summary = f"mllm4d curate: {len(results)}/{len(sources)} clips, {frames} frames in {elapsed:.1f} s"
+    reused = sum(1 for r in results if r.get("reused"))
+    if reused:
+        summary += f" ({reused} reused from an earlier run)"
     if errors:
         summary += f", {len(errors)} skipped (see log)"
     written = set()
@@ -308,6 +364,7 @@ def _curate(run_cfg: Any, cfg: CurateConfig, sources: list[ClipSource], out: Pat
             print(text)
             summary += f"; scorecard -> {out / 'scorecard.json'}"
     removed = remove_stale_outputs(out, {r["clip_id"] for r in results}, written, plots=cfg.plot)
+    receipts.remove_stale_receipts(out, {r["receipt"] for r in results if "receipt" in r})
     if removed:
         names = ", ".join(str(p.relative_to(out)) for p in removed[:5]) + (" ..." if len(removed) > 5 else "")
         log.warning("%s held %d output(s) this run did not produce (other clips, or an earlier run's "

@@ -12,21 +12,26 @@ Pipeline (OpenCV + numpy, no learned parts):
    a left-to-right Lucas-Kanade match started at the SGBM value (:func:`refine_disparity_klt`),
    which removes SGBM's sub-pixel bias on far points.
 2. Every track is a landmark; its world position is the running mean of its stereo
-   back-projections over the frames seen so far. Each new frame's pose comes from PnP + RANSAC
-   (SQPnP) against those landmarks (map-based tracking rather than frame-to-frame chaining, so
-   errors compound more slowly), refined by Levenberg-Marquardt on the inliers; RANSAC outliers
-   (e.g. unmasked movers) are dropped.
-3. A stereo bundle adjustment (:mod:`.bundle_adjust`: Levenberg-Marquardt, Huber weights, Schur
-   complement on the points) refines all poses but the first and up to ``ba_max_landmarks``
-   landmarks, on the left-image reprojection error plus the disparity error
-   ``fx * baseline / z - d`` weighted by the disparity's noise (KLT-refined or SGBM), which keeps
-   the scale metric.
+   back-projections over the frames seen so far. Each new frame's pose is chosen among PnP +
+   RANSAC (SQPnP), the previous pose and the constant-velocity prediction by a truncated
+   quadratic (MSAC) score at ~3 x the measured reprojection noise, each image cell weighing the
+   same (:func:`_estimate_pose`), then refined by Levenberg-Marquardt on its inliers; landmarks
+   outside the tight threshold (unmasked movers, their shadows) leave the map. Why: RANSAC's
+   inlier count at 2 px ties when a near object's motion looks like a small camera motion plus a
+   turn (far points fit both), and the object then dragged a static camera by up to 1.5 m.
+3. Static test (:func:`_static_frames`, after the pass): a run of >= ``static_min_frames`` frames
+   whose background tracks stay within ``static_motion_px`` of the run's first frame is one pose,
+   so noise cannot move a camera at rest; a slowly moving camera makes short runs and is not frozen.
+4. A stereo bundle adjustment (:mod:`.bundle_adjust`: Levenberg-Marquardt, Huber weights, Schur
+   complement on the points) refines the poses (a static run shares one; the first is fixed)
+   and up to ``ba_max_landmarks`` landmarks, on the left-image reprojection error plus the
+   disparity error ``fx * baseline / z - d`` weighted by the disparity's noise (KLT-refined or SGBM,
+   at least ``ba_sigma_scale`` x its measured spread), which keeps the scale metric.
 
 Why: chaining PnP frame to frame drifts; tracking against the landmark map and the bundle
-adjustment keep the trajectory metric over a clip. Known limit: forward / backward motion comes
-out slightly under-scaled (near-ground corners, and the object shadows on the ground that move
-with their objects, pull the frame-to-frame flow); figures and the settings tried against it are
-in docs/results.md.
+adjustment keep the trajectory metric over a clip. Known limits (figures in docs/results.md):
+forward / backward motion comes out slightly under-scaled; narrow views panning in place drift
+sideways; without object masks a near mover can still win the pose vote on some clips.
 """
 
 from __future__ import annotations
@@ -53,10 +58,16 @@ class OdometryConfig:
     min_disparity_px: float = field(default=3.0, metadata={"help": "ignore disparities below this: far points carry little translation signal and their depth errors are large (px)"})
     max_local_disparity_range_px: float = field(default=1.0, metadata={"help": "feature depth needs a 3x3 disparity range below this plus 5 percent (px)"})
     ransac_reproj_px: float = field(default=2.0, metadata={"help": "PnP RANSAC inlier threshold (px)"})
+    pnp_inlier_sigmas: float = field(default=3.0, metadata={"help": "PnP refinement keeps points within this many noise sigmas (px noise measured per frame)"})
+    pnp_min_reproj_px: float = field(default=1.0, metadata={"help": "lower bound of the refined PnP inlier threshold (px)"})
+    pnp_cell_weights: bool = field(default=True, metadata={"help": "PnP hypothesis score: every image cell weighs the same (a near mover crowds into few cells)"})
+    static_motion_px: float = field(default=0.2, metadata={"help": "static test: camera at rest while its background tracks moved less than this (median, px) since the last moving frame; 0 = off"})
+    static_min_frames: int = field(default=4, metadata={"help": "static test: a camera at rest must stay so for at least this many frames"})
     min_inliers: int = field(default=12, metadata={"help": "fewer PnP inliers = frame pose unreliable"})
     bundle_adjust: bool = field(default=True, metadata={"help": "refine poses and landmarks by stereo BA"})
     ba_disparity_sigma_px: float = field(default=0.5, metadata={"help": "BA weight: noise of SGBM disparities (px)"})
     ba_klt_sigma_px: float = field(default=0.2, metadata={"help": "BA weight: noise of KLT-refined feature disparities (px)"})
+    ba_sigma_scale: float = field(default=2.0, metadata={"help": "BA disparity noise = max(the settings above, this x the measured spread of the disparity residuals); 0 = settings only"})
     ba_max_iterations: int = field(default=3, metadata={"help": "BA Levenberg-Marquardt iteration cap"})
     ba_max_landmarks: int = field(default=300, metadata={"help": "BA uses at most this many landmarks, an even spread (0 = all)"})
     ba_min_track_len: int = field(default=3, metadata={"help": "BA uses landmarks seen in at least this many frames"})
@@ -143,6 +154,74 @@ def refine_disparity_klt(gray_left: np.ndarray, gray_right: np.ndarray, uv: np.n
     return out, refined
 
 
+# ----------------------------------------------------------------------------- robust pose
+def _pose_to_rt(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """camera_to_world (4, 4) -> OpenCV rvec (3, 1), tvec (3, 1) (world to camera)."""
+    r_cw = pose[:3, :3].T
+    return cv2.Rodrigues(r_cw)[0], (-r_cw @ pose[:3, 3]).reshape(3, 1)
+
+
+def _reproj_px(world: np.ndarray, uv: np.ndarray, K: np.ndarray, rvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
+    """Reprojection error (M,) in px of world points (M, 3) against pixels (M, 2); inf behind the camera."""
+    pc = world @ cv2.Rodrigues(np.asarray(rvec, float))[0].T + np.asarray(tvec, float).ravel()
+    z = np.where(pc[:, 2] > 1e-3, pc[:, 2], np.nan)
+    err = np.hypot(K[0, 0] * pc[:, 0] / z + K[0, 2] - uv[:, 0], K[1, 1] * pc[:, 1] / z + K[1, 2] - uv[:, 1])
+    return np.where(np.isfinite(err), err, np.inf)
+
+
+def _msac(err: np.ndarray, threshold_px: float, weight: np.ndarray) -> float:
+    """Truncated quadratic cost (MSAC): inliers count by their squared error, outliers by the cap."""
+    return float(np.minimum(err, threshold_px) ** 2 @ weight)
+
+
+def _estimate_pose(world: np.ndarray, uv: np.ndarray, K: np.ndarray, prev_pose: np.ndarray,
+                   cv_pose: np.ndarray, cfg: OdometryConfig) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """One frame's camera_to_world from landmarks (M, 3) seen at pixels (M, 2), robust to moving points.
+
+    Hypotheses: PnP + RANSAC (SQPnP), the previous pose (camera at rest) and the constant-velocity
+    prediction, scored by the truncated quadratic (MSAC) cost: RANSAC's inlier count alone ties when
+    a near object's motion looks like a small camera motion within the threshold, and then the
+    object pulls the camera. The best is refined by Levenberg-Marquardt on its inliers, the threshold
+    shrinking to ``pnp_inlier_sigmas`` x the inliers' noise. Returns the pose (None = unreliable),
+    the inlier mask (M,) of the fit and the reprojection errors (M,) px at the pose.
+    """
+    thr = cfg.ransac_reproj_px
+    cands = [_pose_to_rt(prev_pose), _pose_to_rt(cv_pose)]
+    # SQPnP inside RANSAC needs no initial guess (the iterative solver started from the
+    # previous pose occasionally diverged to nonsense rotations in OpenCV 5).
+    found, rvec, tvec, inl = cv2.solvePnPRansac(np.ascontiguousarray(world), np.ascontiguousarray(uv), K, None,
+                                                iterationsCount=100, reprojectionError=thr, confidence=0.999,
+                                                flags=cv2.SOLVEPNP_SQPNP)
+    if found and inl is not None and len(inl) >= 6:
+        cands.append((rvec, tvec))
+    errs = [_reproj_px(world, uv, K, r, t) for r, t in cands]
+    # score at ~pnp_inlier_sigmas x the noise of the best-fitting hypothesis: at the loose RANSAC
+    # threshold a wrong pose that leaves every point within 2 px ties with the right one
+    sigma = min(float(np.median(e[e < thr])) / 1.18 if (e < thr).sum() >= 6 else thr for e in errs)
+    thr = min(cfg.ransac_reproj_px, max(cfg.pnp_min_reproj_px, cfg.pnp_inlier_sigmas * sigma))
+    # each image cell (feature_grid x feature_grid) weighs the same: a near object crowds its
+    # points into a few cells, the background spreads over the image
+    cell = (np.clip((uv[:, 0] / (2 * K[0, 2]) * cfg.feature_grid).astype(int), 0, cfg.feature_grid - 1) * cfg.feature_grid
+            + np.clip((uv[:, 1] / (2 * K[1, 2]) * cfg.feature_grid).astype(int), 0, cfg.feature_grid - 1))
+    weight = 1.0 / np.bincount(cell)[cell] if cfg.pnp_cell_weights else np.ones(len(uv))
+    costs = [_msac(e, thr, weight) for e in errs]
+    rvec, tvec = (np.array(a, float) for a in cands[int(np.argmin(costs))])
+    err = errs[int(np.argmin(costs))]
+    for _ in range(3):
+        inl = err < thr
+        if inl.sum() < max(6, cfg.min_inliers):
+            return None, inl, err
+        rvec, tvec = cv2.solvePnPRefineLM(world[inl], uv[inl], K, None, rvec, tvec)
+        err = _reproj_px(world, uv, K, rvec, tvec)
+        # 2D error norm: median = 1.18 sigma for Gaussian noise of sigma px per axis
+        sigma = float(np.median(err[err < thr])) / 1.18 if (err < thr).any() else thr
+        thr = min(cfg.ransac_reproj_px, max(cfg.pnp_min_reproj_px, cfg.pnp_inlier_sigmas * sigma))
+    inl = err < thr
+    if inl.sum() < cfg.min_inliers:
+        return None, inl, err
+    return _rt_to_pose(rvec, tvec), inl, err
+
+
 # ----------------------------------------------------------------------------- tracking
 class _Tracks:
     """Observation store: per observation the frame, landmark id, pixel and disparity."""
@@ -192,6 +271,39 @@ class _Tracks:
             return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)), np.zeros(0), np.zeros(0)
         return (np.concatenate(self.frame), np.concatenate(self.lid), np.concatenate(self.uv),
                 np.concatenate(self.disp), np.concatenate(self.sigma))
+
+
+def _static_frames(tracks: _Tracks, n: int, motion_px: float, min_points: int, min_frames: int) -> np.ndarray:
+    """(N,) bool: frames at which the camera is at rest, i.e. tied to their predecessor.
+
+    A run of frames is static when its background tracks (landmarks never rejected as PnP
+    outliers) stay within ``motion_px`` (median over at least ``min_points`` tracks) of where they
+    were in the run's first frame, and the run spans at least ``min_frames`` frames. Comparing with
+    the run's first frame rather than the previous one catches slow motion as it adds up, and the
+    minimum length keeps a slowly moving camera (whose runs stay short) from being frozen.
+    """
+    static = np.zeros(n, bool)
+    if motion_px <= 0:
+        return static
+    frame, lid, uv, _, _ = tracks.arrays()
+    good = ~tracks.bad[lid]
+    frame, lid, uv = frame[good], lid[good], uv[good]
+    by_frame = [(lid[frame == i], uv[frame == i]) for i in range(n)]
+
+    def still(a: int, b: int) -> bool:
+        (a_lid, a_uv), (b_lid, b_uv) = by_frame[a], by_frame[b]
+        _, ia, ib = np.intersect1d(a_lid, b_lid, return_indices=True)
+        return len(ia) >= min_points and float(np.median(np.linalg.norm(b_uv[ib] - a_uv[ia], axis=1))) < motion_px
+
+    start = 0
+    while start < n - 1:
+        end = start + 1
+        while end < n and still(start, end):
+            end += 1
+        if end - start >= max(2, min_frames):  # frames start .. end - 1 are one pose
+            static[start + 1:end] = True
+        start = end if end > start + 1 else start + 1
+    return static
 
 
 def _detect(gray: np.ndarray, allowed: np.ndarray, existing: np.ndarray, n: int, min_dist: int,
@@ -299,23 +411,15 @@ def estimate_trajectory(
         world, has_world = tracks.world(ids)
         pose_ok = False
         if has_world.sum() >= 6:
-            # SQPnP inside RANSAC needs no initial guess (the iterative solver started from the
-            # previous pose occasionally diverged to nonsense rotations in OpenCV 5).
-            found, rvec, tvec, inl = cv2.solvePnPRansac(
-                np.ascontiguousarray(world[has_world]), np.ascontiguousarray(pts[has_world], dtype=np.float64),
-                K, None, iterationsCount=100, reprojectionError=cfg.ransac_reproj_px,
-                confidence=0.999, flags=cv2.SOLVEPNP_SQPNP,
-            )
-            if found and inl is not None and len(inl) >= cfg.min_inliers:
-                inl = inl.ravel()
-                rvec, tvec = cv2.solvePnPRefineLM(world[has_world][inl], pts[has_world][inl].astype(np.float64),
-                                                  K, None, rvec, tvec)
-                poses[i] = _rt_to_pose(rvec, tvec)
-                inliers[i] = len(inl)
+            cv_pose = poses[i - 1] @ (np.linalg.inv(poses[i - 2]) @ poses[i - 1]) if i >= 2 else poses[i - 1]
+            pose, inl, err = _estimate_pose(world[has_world], pts[has_world].astype(np.float64), K, poses[i - 1], cv_pose,
+                                            cfg)
+            if pose is not None:
+                poses[i] = pose
+                inliers[i] = int(inl.sum())
                 pose_ok = True
-                outlier = np.ones(int(has_world.sum()), bool)
-                outlier[inl] = False
-                bad_ids = ids[has_world][outlier]
+                # landmarks outside the fit's tight threshold leave the map (movers, their shadows)
+                bad_ids = ids[has_world][~inl]
                 tracks.bad[bad_ids] = True
                 drop = np.isin(ids, bad_ids)
                 pts, ids = pts[~drop], ids[~drop]
@@ -334,12 +438,18 @@ def estimate_trajectory(
                 tracks.add(i, new_ids, extra, feature_disp(i, extra), poses[i], K, baseline_m)
                 pts = np.vstack([pts, extra])
                 ids = np.concatenate([ids, new_ids])
+    # Static test after the pass, so that frozen poses never seed landmarks (which would hide a
+    # slowly moving camera): a frame whose background barely moved is tied to its predecessor.
+    static = _static_frames(tracks, n, cfg.static_motion_px, cfg.min_inliers, cfg.static_min_frames)
+    for i in np.flatnonzero(static):
+        poses[i] = poses[i - 1]
     quality: dict[str, float] = {
         "vo_median_inliers": float(np.median(inliers[1:])) if n > 1 else float(inliers[0]),
         "vo_min_inliers": float(min(inliers[1:])) if n > 1 else float(inliers[0]),
         "vo_failed_frames": float(len(failed)),
+        "vo_static_frames": float(static.sum()),
     }
     if cfg.bundle_adjust and n > 1:
-        poses, stats = bundle_adjust(poses, tracks, K, baseline_m, cfg)
+        poses, stats = bundle_adjust(poses, tracks, K, baseline_m, cfg, static)
         quality.update({k: float(v) for k, v in stats.items()})
     return OdometryResult(camera_to_world=poses, inliers=inliers, failed_frames=failed, quality=quality)

@@ -7,6 +7,10 @@ through evo (translation part, no alignment: both trajectories are metric and st
 frame), object centre error (m and % of the distance to the camera), motion-direction error for
 objects moving >= 0.3 m, and yaw-change error. :func:`aggregate_scores` sums the clips up into
 ``scorecard.json`` with the curation targets and pass/fail; :func:`scorecard_text` prints it.
+
+A clip whose gt.json holds camera poses only (a fetched KITTI drive: OXTS poses, no objects) and
+no gt_depth.npz is scored on the camera; the object and disparity targets are then ``null``
+("n/a": nothing to score against), never a pass or a miss.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ def _angle_deg(a: float) -> float:
 def score_clip(clip: Clip, ann: dict[str, Any], disparity: np.ndarray) -> dict[str, Any]:
     """Errors of one clip's annotation against its ground truth (see the module docstring)."""
     gt = clip.gt or {}
-    out: dict[str, Any] = {"clip_id": clip.clip_id, "camera_motion": gt.get("camera_motion")}
+    out: dict[str, Any] = {"clip_id": clip.clip_id, "camera_motion": gt.get("camera_motion"),
+                           "gt_objects": len(gt.get("objects") or []), "gt_depth": clip.gt_depth_m is not None}
     if clip.gt_depth_m is not None:
         gt_disp = clip.focal_px * clip.baseline_m / clip.gt_depth_m
         per = [stereo.disparity_metrics(disparity[i], gt_disp[i]) for i in range(clip.num_frames)]
@@ -61,7 +66,7 @@ def score_clip(clip: Clip, ann: dict[str, Any], disparity: np.ndarray) -> dict[s
     out["camera"]["static"] = bool(out["camera"]["path_length_m"] < 0.01 and turn < 1.0)
     est_objs = {o["id"]: o for o in ann["objects"]}
     centre_err_m, centre_err_rel, direction_err, yaw_err = [], [], [], []
-    for g in gt.get("objects", []):
+    for g in gt.get("objects") or []:
         e = est_objs.get(g["id"])
         if e is None:
             continue
@@ -117,7 +122,9 @@ def aggregate_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
         "static_target": "static cameras drift <= 2 cm",
     }
     rel = [r for s in scores for r in s["objects"]["centre_err_rel"]]
+    gt_objects = sum(s.get("gt_objects", 1) for s in scores)
     card["objects"] = {
+        "gt_objects": gt_objects,
         "centre_err_median_m": _median([r for s in scores for r in s["objects"]["centre_err_m"]]),
         "centre_err_median_pct_distance": None if not rel else 100.0 * float(np.median(rel)),
         "centre_frames": len(rel),
@@ -127,12 +134,18 @@ def aggregate_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
         "targets": "centre error median <= 10% of distance; direction error median <= 20 deg (objects moving >= 0.3 m)",
     }
     c, o = card["camera"], card["objects"]
+    if not gt_objects:
+        o["absent"] = ("no clip has object ground truth (camera poses only, e.g. a KITTI drive with OXTS): "
+                       "objects are not scored")
+    # None = n/a: the clips hold no ground truth for that target (no gt_depth.npz, no gt objects)
     card["pass"] = {
-        "disparity_recorded": bool(disp),
+        "disparity_recorded": bool(disp) if disp or any(s.get("gt_depth", True) for s in scores) else None,
         "camera_ate": c["clips_within_target"] == len(cams),
         "static_drift": c["static_max_drift_m"] is None or c["static_max_drift_m"] <= 0.02,
-        "object_centres": o["centre_err_median_pct_distance"] is not None and o["centre_err_median_pct_distance"] <= 10.0,
-        "object_direction": o["direction_err_median_deg"] is None or o["direction_err_median_deg"] <= 20.0,
+        "object_centres": None if not gt_objects else (
+            o["centre_err_median_pct_distance"] is not None and o["centre_err_median_pct_distance"] <= 10.0),
+        "object_direction": None if not gt_objects else (
+            o["direction_err_median_deg"] is None or o["direction_err_median_deg"] <= 20.0),
     }
     return card
 
@@ -153,12 +166,16 @@ def scorecard_text(card: dict[str, Any]) -> str:
                     if c["static_max_drift_m"] is not None else ""))
     o = card["objects"]
     fmt = lambda v, f: "n/a" if v is None else f.format(v)  # noqa: E731
-    lines.append(f"  objects: centre error median {fmt(o['centre_err_median_m'], '{:.3f}')} m = "
-                 f"{fmt(o['centre_err_median_pct_distance'], '{:.1f}')}% of distance ({o['centre_frames']} object-frames); "
-                 f"motion direction error median {fmt(o['direction_err_median_deg'], '{:.1f}')} deg "
-                 f"({o['direction_objects']} moving objects); yaw-change error median "
-                 f"{fmt(o['yaw_change_err_median_deg'], '{:.1f}')} deg")
-    lines.append("  targets: " + ", ".join(f"{k} {'PASS' if v else 'MISS'}" for k, v in card["pass"].items()))
+    if o.get("absent"):
+        lines.append(f"  objects: absent ({o['absent']})")
+    else:
+        lines.append(f"  objects: centre error median {fmt(o['centre_err_median_m'], '{:.3f}')} m = "
+                     f"{fmt(o['centre_err_median_pct_distance'], '{:.1f}')}% of distance ({o['centre_frames']} "
+                     f"object-frames); motion direction error median {fmt(o['direction_err_median_deg'], '{:.1f}')} "
+                     f"deg ({o['direction_objects']} moving objects); yaw-change error median "
+                     f"{fmt(o['yaw_change_err_median_deg'], '{:.1f}')} deg")
+    verdict = {True: "PASS", False: "MISS", None: "n/a"}
+    lines.append("  targets: " + ", ".join(f"{k} {verdict[v]}" for k, v in card["pass"].items()))
     return "\n".join(lines)
 
 

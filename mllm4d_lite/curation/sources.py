@@ -219,10 +219,14 @@ def _finish(clip: Clip) -> Clip:
 
 # ----------------------------------------------------------------------------- loaders
 def load_kitti_raw(drive_dir: str | Path, max_frames: int | None = None, stride: int = 1,
-                   calib_path: str | Path | None = None) -> Clip:
-    """A KITTI raw drive folder (``..._drive_XXXX_sync``) -> Clip (left = cam 2, right = cam 3)."""
+                   calib_path: str | Path | None = None, oxts: bool = False, clip_id: str | None = None) -> Clip:
+    """A KITTI raw drive folder (``..._drive_XXXX_sync``) -> Clip (left = cam 2, right = cam 3).
+
+    ``oxts``: also read ``oxts/data`` and the date's calibration into ``clip.gt`` (the left camera's
+    ground-truth ``camera_to_world``, no objects; :mod:`mllm4d_lite.curation.kitti`). Off by default:
+    ``mllm4d fetch`` turns it on and writes the poses as the native clip's gt.json."""
     drive_dir = Path(drive_dir)
-    clip_id = _safe_id(drive_dir.name)  # before any work
+    clip_id = _safe_id(drive_dir.name, clip_id)  # before any work
     if calib_path is None:
         candidates = [drive_dir / "calib_cam_to_cam.txt", drive_dir.parent / "calib_cam_to_cam.txt"]
         calib_path = next((c for c in candidates if c.is_file()), candidates[0])
@@ -234,8 +238,20 @@ def load_kitti_raw(drive_dir: str | Path, max_frames: int | None = None, stride:
         fps = _fps_from_timestamps(ts_path, default=fps) / max(1, stride)
     else:
         fps /= max(1, stride)
+    gt = None
+    if oxts:
+        from mllm4d_lite.curation import kitti
+
+        records = kitti.read_oxts(drive_dir / "oxts")[:: max(1, stride)][: len(left)]
+        if len(records) != len(left):
+            raise ClipError(f"{drive_dir / 'oxts' / 'data'}: {len(records)} OXTS records for {len(left)} frames; "
+                            "a synced drive has one per frame (re-extract the drive)")
+        poses = kitti.camera_poses(records, kitti.cam2_from_imu(Path(calib_path).parent))
+        gt = {"camera_to_world": poses.tolist(), "objects": [],
+              "camera_pose_source": "KITTI OXTS GPS/IMU (devkit convertOxtsToPose) via calib_imu_to_velo, "
+                                    "calib_velo_to_cam, R_rect_00 and P_rect_02"}
     return _finish(Clip(clip_id=clip_id, left=left, right=right, K=k, baseline_m=baseline_m,
-                        fps=fps, source="kitti_raw", path=drive_dir))
+                        fps=fps, source="kitti_raw", gt=gt, path=drive_dir))
 
 
 def _fps_from_timestamps(path: Path, default: float) -> float:

@@ -24,6 +24,9 @@ prints the agreement). It looks, in this order, for
 
 Each rule is a function of :mod:`mllm4d_lite.eval.choice_rules`. Ambiguous replies ("A or B",
 "A and C", two different letters) give ``None``, which is scored wrong and counted as "no answer".
+A reply longer than :data:`MAX_REPLY_CHARS` (20,000) is read from its last 20,000 characters.
+Every reader here runs in time linear in the reply (``tests/test_properties.py`` tries random and
+adversarial replies; ``scripts/bench_rewards.py`` times 100 kB ones).
 
 Numeric questions use :func:`extract_number` and the VSI-Bench mean relative accuracy
 (:func:`mean_relative_accuracy`).
@@ -41,13 +44,19 @@ import ast
 import math
 import re
 import unicodedata
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mllm4d_lite.eval.choice_rules import (TEXT_WINDOW, absence_option, clean_reply, closest_option, declared_answer,
-                                           letter_at_start, letter_mention, letters_of, option_in_text)
+                                           letter_at_start, letter_key, letter_mention, letters_of,
+                                           option_in_text)
 
 # VSI-Bench MRA thresholds, written out: 0.50, 0.55, ..., 0.95 (ten of them).
 MRA_THRESHOLDS = (0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
+
+
+# The closing run normalize_text drops, matched on the reversed text: ``re.sub(r"[…]+$", …)``
+# retries the run from every position of a long punctuation run (quadratic in its length).
+_CLOSING_RUN = re.compile(r"[\s.!;,:]*")
 
 
 def normalize_text(text: Any) -> str:
@@ -62,16 +71,40 @@ def normalize_text(text: Any) -> str:
     s = unicodedata.normalize("NFKC", str(text)).casefold()
     s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
     s = re.sub(r"\s+", " ", s).strip()
-    s = s.strip(" \"'`*")
-    s = re.sub(r"[\s.!;,:]+$", "", s)
-    return s.strip(" \"'`*")
-
+    while True:  # until quotes and closing punctuation are all gone ('left.".' -> 'left')
+        stripped = s.strip(" \"'`*")
+        stripped = stripped[:len(stripped) - _CLOSING_RUN.match(stripped[::-1]).end()]  # read from the end: linear
+        if stripped == s:
+            return s
+        s = stripped
 
 
 # --------------------------------------------------------------------------- ST-CoT replies
 
-THINK_BLOCK = re.compile(r"<thinking>(.*?)</thinking>", re.DOTALL)
-ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+class FirstBlock:
+    """The first complete ``open…close`` block of a text, as ``re.search`` of
+    ``open(.*?)close`` (DOTALL) finds it, in linear time.
+
+    ``search`` returns the same ``re.Match`` (``group(0)``, ``group(1)``, ``start()``), but tries
+    only the first ``open``: the regex search would retry from every later ``open`` and scan
+    to the end each time (quadratic on ``"<answer>" * 12_500``). Trying only the
+    first is exact: if no ``close`` follows the first ``open``, none follows a later one.
+
+    >>> FirstBlock("<answer>", "</answer>").search("x <answer>A <answer>B</answer>").group(1)
+    'A <answer>B'
+    """
+
+    def __init__(self, open_tag: str, close_tag: str) -> None:
+        self.open_tag, self.close_tag = open_tag, close_tag
+        self.pattern = re.compile(re.escape(open_tag) + r"(.*?)" + re.escape(close_tag), re.DOTALL)
+
+    def search(self, text: str) -> re.Match[str] | None:
+        start = text.find(self.open_tag)
+        return None if start < 0 else self.pattern.match(text, start)
+
+
+THINK_BLOCK = FirstBlock("<thinking>", "</thinking>")
+ANSWER_BLOCK = FirstBlock("<answer>", "</answer>")
 ST_COT_TAGS = ("<thinking>", "</thinking>", "<answer>", "</answer>")
 CENTER_KINDS = ("camera", "object")
 
@@ -84,15 +117,11 @@ def center_label(kind: str, lenient: bool = True) -> re.Pattern[str]:
     return re.compile(kind.capitalize() + r" Center:")
 
 
-# What must follow a centre's label for the centre to count as stated, per reading:
-# (pattern after the label, regex flags, lenient label)
-_STATED_VALUE = {
-    "closed": (r"\s*(\[[^\]]*\]|null)", 0, False),  # evaluation's format check: [...] closed, or null
-    "lenient": (r"\s*(?:\[|null\b)", re.IGNORECASE, True),  # the kit's format reward (docs/method.md, D4)
-    "release": (r"\s*(\[+.*?\]+)", re.DOTALL, False),  # the release's format reward: brackets only
-}
-_STATED = {(reading, kind): re.compile(center_label(kind, lenient).pattern + value, flags)
-           for reading, (value, flags, lenient) in _STATED_VALUE.items() for kind in CENTER_KINDS}
+_READINGS = ("closed", "lenient", "release")
+_LABELS = {(kind, lenient): center_label(kind, lenient) for kind in CENTER_KINDS for lenient in (False, True)}
+_SPACES = re.compile(r"\s*")
+_NULL_CLOSED = re.compile(r"null")
+_NULL_LENIENT = re.compile(r"null\b", re.IGNORECASE)
 
 
 def states_center(text: str, kind: str, reading: str = "lenient") -> bool:
@@ -100,10 +129,26 @@ def states_center(text: str, kind: str, reading: str = "lenient") -> bool:
     then ``[...]`` or ``null``), ``lenient`` (any case and spacing, then ``[`` or ``null``) or
     ``release`` (exact label, then a bracketed span).
 
+    As regexes (after the label): closed ``\\s*(\\[[^\\]]*\\]|null)``, lenient
+    ``\\s*(?:\\[|null\\b)`` (any case), release ``\\s*(\\[+.*?\\]+)`` (DOTALL). A bracket
+    "closes" in the closed and release readings when any ``]`` follows it, which is checked
+    against the text's last ``]`` instead of scanning from every label (quadratic on
+    ``"Camera Center: [" * 6_000``).
+
     >>> states_center("camera center : [1, 2", "camera"), states_center("camera center : [1, 2", "camera", "closed")
     (True, False)
     """
-    return _STATED[(reading, kind)].search(text) is not None
+    if reading not in _READINGS:
+        raise ValueError(f"unknown reading {reading!r}; use one of {_READINGS}")
+    last_close = text.rfind("]")
+    for label in _LABELS[(kind, reading == "lenient")].finditer(text):
+        value = _SPACES.match(text, label.end()).end()
+        if text.startswith("[", value):
+            if reading == "lenient" or last_close > value:
+                return True
+        elif reading != "release" and (_NULL_LENIENT if reading == "lenient" else _NULL_CLOSED).match(text, value):
+            return True
+    return False
 
 
 def follows_st_cot_format(text: str) -> bool:
@@ -120,7 +165,6 @@ def follows_st_cot_format(text: str) -> bool:
 UNPARSABLE = "unparsable"  # marks an entry that states a centre which cannot be read
 _CENTER_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _VALUE_LENIENT = re.compile(r"\s*(null\b|\[[^\[\]]*\])", re.IGNORECASE)
-_VALUE_RELEASE = re.compile(r"\s*(\[.*?\])")
 
 
 def _parse_vector_lenient(span: str) -> Any:
@@ -134,10 +178,21 @@ def _parse_vector_lenient(span: str) -> Any:
     return vector if all(math.isfinite(v) for v in vector) else UNPARSABLE
 
 
+# Three plain decimals in brackets, read without ast.literal_eval (15-20 us a call): integers
+# without leading zeros and floats with digits after the point, up to 30 digits, where
+# literal_eval and float() agree; anything else goes through literal_eval.
+_PLAIN = r"[-+]?(?:0|[1-9]\d{0,29})(?:\.\d{1,30})?(?:[eE][-+]?\d{1,3})?"
+_PLAIN_VECTOR = re.compile(rf"\[[ \t]*({_PLAIN})[ \t]*,[ \t]*({_PLAIN})[ \t]*,[ \t]*({_PLAIN})[ \t]*\]")
+
+
 def _parse_vector_release(span: str) -> Any:
     """One release entry: ``ast.literal_eval`` of the bracketed text (raises when unparsable)."""
     if "null" in span.lower():
         return None
+    plain = _PLAIN_VECTOR.fullmatch(span.strip())
+    if plain:
+        vector = tuple(float(v) for v in plain.groups())
+        return vector if all(math.isfinite(v) for v in vector) else UNPARSABLE
     value = ast.literal_eval(span.strip())
     if not (isinstance(value, (list, tuple)) and len(value) == 3
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
@@ -147,6 +202,27 @@ def _parse_vector_release(span: str) -> Any:
     except OverflowError:  # an integer beyond float range
         return UNPARSABLE
     return vector if all(math.isfinite(v) for v in vector) else UNPARSABLE
+
+
+def _release_values(text: str, label: re.Pattern[str]) -> Iterator[str]:
+    """The release's value spans: after each label, ``\\s*(\\[.*?\\])`` (``.`` stops at a newline),
+    labels without one skipped. The next ``]`` and newline are remembered from label to label
+    instead of being scanned for again (the regex is quadratic on ``"Camera Center: [" * 6_000``)."""
+    next_close = next_newline = -1
+    for m in label.finditer(text):
+        start = _SPACES.match(text, m.end()).end()
+        if not text.startswith("[", start):
+            continue
+        if next_close < start:
+            next_close = text.find("]", start)
+            if next_close < 0:
+                return  # no "]" after this label, so none after the later ones
+        if next_newline < start:
+            next_newline = text.find("\n", start)
+            if next_newline < 0:
+                next_newline = len(text)
+        if next_newline > next_close:
+            yield text[start:next_close + 1]
 
 
 def parse_centers(text: str, kind: str, *, lenient: bool = True) -> list[Any]:
@@ -160,18 +236,16 @@ def parse_centers(text: str, kind: str, *, lenient: bool = True) -> list[Any]:
     [(1.0, -2.5, 0.3), None, 'unparsable']
     """
     label = center_label(kind, lenient)
-    value_re = _VALUE_LENIENT if lenient else _VALUE_RELEASE
     entries: list[Any] = []
-    for m in label.finditer(text):
-        value = value_re.match(text, m.end())
-        if not lenient:
-            if value is None:
-                continue  # the release's regex needs a bracket after the label
+    if not lenient:
+        for span in _release_values(text, label):
             try:
-                entries.append(_parse_vector_release(value.group(1)))
+                entries.append(_parse_vector_release(span))
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 return []  # the release: any failure empties the whole prediction
-            continue
+        return entries
+    for m in label.finditer(text):
+        value = _VALUE_LENIENT.match(text, m.end())
         if value is None:
             entries.append(UNPARSABLE)
         elif value.group(1).lower() == "null":
@@ -213,6 +287,13 @@ def answer_part(response: str | None) -> str | None:
 
 
 
+MAX_REPLY_CHARS = 20_000
+""":func:`extract_choice` reads at most the last 20,000 characters of a reply, four times the
+longest of the 85,352 judged VLM4D and MLLM-4D replies (5.0 kB) and of a 1,024-token completion:
+every rule looks for the answer at the end of a reply, and the work per reply stays bounded
+(scripts/bench_rewards.py)."""
+
+
 def extract_choice(response: str | None, choices: Mapping[str, Any] | None = None) -> str | None:
     """The option letter (upper case) a free-form reply chose, or None ("no answer").
 
@@ -245,7 +326,10 @@ def explain_choice(response: str | None, choices: Mapping[str, Any] | None = Non
     names two options or none)."""
     if response is None:
         return None, "none"
-    text = clean_reply(str(response)).strip()
+    text = str(response)
+    if len(text) > MAX_REPLY_CHARS:  # bounded work per reply: a long reply is read from its end
+        text = text[-MAX_REPLY_CHARS:]
+    text = clean_reply(text).strip()
     if not text:
         return None, "none"
     letters = letters_of(choices)
@@ -316,11 +400,11 @@ def answer_letters(answer_text: Any, choices: Mapping[str, Any]) -> list[str]:
     """All letters whose option text equals ``answer_text`` (exactly, else after
     :func:`normalize_text`). Benchmarks sometimes repeat an option's text; any of those
     letters is then right."""
-    exact = [str(k).upper() for k, v in choices.items() if str(v) == str(answer_text)]
+    exact = [letter_key(k) for k, v in choices.items() if str(v) == str(answer_text)]
     if exact:
         return exact
     target = normalize_text(answer_text)
-    return [str(k).upper() for k, v in choices.items() if normalize_text(v) == target]
+    return [letter_key(k) for k, v in choices.items() if normalize_text(v) == target]
 
 
 def answer_letter(answer_text: Any, choices: Mapping[str, Any]) -> str:
@@ -440,7 +524,7 @@ def is_correct(entry: Mapping[str, Any], response: str | None) -> bool:
     return score >= 0.5 if is_numeric(entry) else score == 1.0
 
 
-__all__ = ["ANSWER_BLOCK", "MRA_THRESHOLDS", "ST_COT_TAGS", "THINK_BLOCK", "UNPARSABLE", "answer_letter",
-           "answer_letters", "answer_part", "center_label", "entry_answer", "explain_choice", "extract_choice",
-           "extract_number", "follows_st_cot_format", "is_correct", "is_numeric", "mean_relative_accuracy",
-           "normalize_text", "parse_centers", "score_response", "states_center"]
+__all__ = ["ANSWER_BLOCK", "MAX_REPLY_CHARS", "MRA_THRESHOLDS", "ST_COT_TAGS", "THINK_BLOCK", "UNPARSABLE",
+           "answer_letter", "answer_letters", "answer_part", "center_label", "entry_answer", "explain_choice",
+           "extract_choice", "extract_number", "follows_st_cot_format", "is_correct", "is_numeric",
+           "mean_relative_accuracy", "normalize_text", "parse_centers", "score_response", "states_center"]

@@ -9,6 +9,7 @@ folding word forms ("downwards" = "down", "twice" = "2", "dogs" = "dog"); letter
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from typing import Any, Mapping
@@ -17,9 +18,14 @@ DEFAULT_LETTERS = ("A", "B", "C", "D", "E", "F")
 TEXT_WINDOW = 3  # sentences, from the end of a reply, searched for an option named in words
 
 
+def letter_key(key: Any) -> str:
+    """An option's letter as every rule returns it: ``" b"`` -> ``"B"``."""
+    return str(key).strip().upper()
+
+
 def letters_of(choices: Mapping[str, Any] | None) -> tuple[str, ...]:
     if choices:
-        return tuple(str(k).strip().upper() for k in choices)
+        return tuple(letter_key(k) for k in choices)
     return DEFAULT_LETTERS
 
 
@@ -56,11 +62,18 @@ _NEGATIONS = {"not", "no", "nor", "neither", "never", "n't", "isn't", "doesn't",
 
 def _tokens(text: Any) -> list[str]:
     """Lower-case word tokens with the forms in ``_WORD_CANON`` folded together."""
-    s = unicodedata.normalize("NFKC", str(text)).casefold().replace("\u2019", "'")
+    return list(_tokens_of(str(text)))
+
+
+@functools.lru_cache(maxsize=64)
+def _tokens_of(text: str) -> tuple[str, ...]:
+    """:func:`_tokens`, remembered: the rules read the same sentences and options several times."""
+    s = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
     for pattern, repl in _PHRASE_CANON:
         s = pattern.sub(repl, s)
     words = re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9.,;:!?'\"()\[\]*]", s)
-    return [_singular(_WORD_CANON.get(t, t)) for t in words if t not in ("the", "a", "an")]
+    folded = {w: _singular(_WORD_CANON.get(w, w)) for w in set(words)}  # each distinct word once
+    return tuple(folded[w] for w in words if w not in ("the", "a", "an"))
 
 
 def _singular(word: str) -> str:
@@ -75,8 +88,9 @@ def _singular(word: str) -> str:
 
 
 def _find(seq: list[str], sub: list[str]) -> list[int]:
-    n = len(sub)
-    return [i for i in range(len(seq) - n + 1) if seq[i:i + n] == sub]
+    """Start positions of ``sub`` inside ``seq`` (``sub`` not empty)."""
+    n, first = len(sub), sub[0]
+    return [i for i, w in enumerate(seq) if w == first and seq[i:i + n] == sub]
 
 
 def option_in_text(text: str, choices: Mapping[str, Any] | None, *, whole: bool) -> str | None:
@@ -93,7 +107,7 @@ def option_in_text(text: str, choices: Mapping[str, Any] | None, *, whole: bool)
     words = _tokens(text)
     if not words:
         return None
-    options = {str(k).upper(): _tokens(v) for k, v in choices.items()}
+    options = {letter_key(k): _tokens(v) for k, v in choices.items()}
     if whole:
         found = [k for k, v in options.items() if v and v == words]
         return found[0] if len(set(map(tuple, (options[k] for k in found)))) == 1 and found else None
@@ -131,10 +145,13 @@ def letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, A
     Returns a letter, ``""`` when the span is clearly ambiguous ("A or B"), or None when it
     names no option.
     """
-    lines = [ln for ln in span.strip().split("\n") if re.search(r"[A-Za-z0-9]", ln)]
-    if not lines:
+    first = _ALNUM.search(span)
+    if first is None:
         return None
-    s = lines[0].strip().lstrip(":-=>*#\"'(;,[ \t")
+    # the first line holding a letter or digit (read without splitting the whole span)
+    line_end = span.find("\n", first.start())
+    line = span[span.rfind("\n", 0, first.start()) + 1:line_end if line_end >= 0 else len(span)]
+    s = line.strip().lstrip(":-=>*#\"'(;,[ \t")
     s = re.sub(r"^(?:option|choice|letter)\s*:?\s*", "", s, flags=re.I)
     m = re.match(r"([A-Za-z])\s*(?:[\)\]]|(?![A-Za-z0-9]))", s)
     if m:
@@ -164,14 +181,19 @@ def letter_at_start(span: str, letters: tuple[str, ...], choices: Mapping[str, A
 # --------------------------------------------------------------------------- declared answers
 
 _THEN = r"(?:\s*,?\s*(?:then|therefore|thus|clearly|simply|hence)\b\s*,?\s*:?)?"
+# The lookaheads only skip, at one character's cost, positions where no declaration (or no
+# "is"/"would"/"will"/"should"/"="/":" after one) can start; the matches are the same.
 _DECLARED = re.compile(
+    r"(?=[fcrbmai答])(?:"
     r"(?:final|correct|right|best|most\s+(?:likely|appropriate|accurate|plausible|suitable)|my)\s+"
-    r"(?:answer|option|choice|response)\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=|:)\s*:?" + _THEN +
-    r"|\banswer\b[^.\n:]{0,100}?(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=)\s*:?" + _THEN +
+    r"(?:answer|option|choice|response)\b[^.\n:]{0,100}?(?=[isw=:])"
+    r"(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=|:)\s*:?"
+    + _THEN +
+    r"|\banswer\b[^.\n:]{0,100}?(?=[isw=])(?:\bis|\bwould\s+be|\bwill\s+be|\bshould\s+be|=)\s*:?" + _THEN +
     r"|\banswer\s*:"
     r"|\banswer\s+(?=(?-i:[A-Z])\b)"
     r"|\bI\s+(?:choose|select|pick|would\s+choose|will\s+choose)\b\s*:?"
-    r"|答案\s*(?:是|为)?\s*:?",
+    r"|答案\s*(?:是|为)?\s*:?)",
     re.I,
 )
 
@@ -184,17 +206,58 @@ def declared_answer(text: str, letters: tuple[str, ...], choices: Mapping[str, A
     "…is: $LETTER"); None when the reply declares nothing.
     """
     matches = list(_DECLARED.finditer(text))
+    if not matches:
+        return None
+    alnum_after = _FirstFrom(text, _ALNUM)
+    line_start: dict[int, int] = {}  # per first letter or digit: where its line starts
+    read: dict[int, str | None] = {}  # per first letter or digit: what its line names
     for m in reversed(matches):
-        got = letter_at_start(text[m.end():], letters, choices)
+        first = alnum_after(m.end())  # the first letter or digit after the declaration
+        if first == len(text):
+            continue  # nothing but punctuation follows: names nothing, decides nothing
+        start = _SPACES.match(text, m.end()).end()
+        if first not in line_start:
+            line_start[first] = text.rfind("\n", 0, first) + 1
+        if line_start[first] > start:
+            # the line right after the declaration holds no letter or digit; the first line
+            # that does is the same for every earlier declaration up to here: read it once
+            if first not in read:
+                line_end = text.find("\n", first)
+                read[first] = letter_at_start(text[line_start[first]:line_end if line_end >= 0 else len(text)],
+                                              letters, choices)
+            if read[first] is not None:
+                return read[first]
+            continue
+        got = letter_at_start(text[start:], letters, choices)
         if got is not None:
             return got
-        tail = text[m.end():].strip()
-        if re.search(r"[A-Za-z0-9]", tail.split("\n")[0]):
-            # "the correct answer is that the dog is not moving": an option named in words;
-            # a declaration naming nothing ("the final answer is: N/A") means no answer
-            first_sentence = re.split(r"(?<=[.!?\n])\s", tail)[0]
-            return option_in_text(first_sentence, choices, whole=False) or ""
+        # "the correct answer is that the dog is not moving": an option named in words;
+        # a declaration naming nothing ("the final answer is: N/A") means no answer
+        first_sentence = re.split(r"(?<=[.!?\n])\s", text[start:].rstrip())[0]
+        return option_in_text(first_sentence, choices, whole=False) or ""
     return None
+
+
+_ALNUM = re.compile(r"[A-Za-z0-9]")
+_SPACES = re.compile(r"\s*")
+
+
+class _FirstFrom:
+    """The first match of ``pattern`` at or after a position (``len(text)`` when none), asked
+    for positions in non-increasing order: each stretch of the text is searched only once."""
+
+    def __init__(self, text: str, pattern: re.Pattern[str]) -> None:
+        self.text, self.pattern = text, pattern
+        self.searched_from = self.found = len(text)
+
+    def __call__(self, pos: int) -> int:
+        if pos > self.searched_from:
+            raise ValueError("positions must not increase")
+        m = self.pattern.search(self.text, pos, self.searched_from)
+        if m is not None:
+            self.found = m.start()
+        self.searched_from = pos
+        return self.found
 
 
 _MENTION = re.compile(
@@ -227,7 +290,7 @@ def letter_mention(sentence: str, letters: tuple[str, ...], choices: Mapping[str
 
 def _choice_text(choices: Mapping[str, Any], letter: str) -> Any:
     for k, v in choices.items():
-        if str(k).strip().upper() == letter:
+        if letter_key(k) == letter:
             return v
     return ""
 
@@ -251,7 +314,7 @@ def absence_option(sentence: str, choices: Mapping[str, Any]) -> str | None:
                 continue
             before, after = words[max(0, i - 2):i], words[i + 1:i + 5]
             if "no" in before or (("not" in after or "no" in after) and _ABSENT_AFTER & set(after)):
-                found.append(str(letter).upper())
+                found.append(letter_key(letter))
                 break
     return found[0] if len(found) == 1 else None
 
@@ -264,14 +327,15 @@ def closest_option(sentence: str, choices: Mapping[str, Any]) -> str | None:
     """The option most of whose content words (≥ 2/3, at least two words) occur in
     ``sentence``, un-negated, when exactly one option scores best."""
     words = _tokens(sentence)
-    negated = {w for i, w in enumerate(words) if any(x in _NEGATIONS for x in words[max(0, i - 2):i])}
+    # words one or two places after a negation
+    negated = {words[j] for i, w in enumerate(words) if w in _NEGATIONS for j in (i + 1, i + 2) if j < len(words)}
     present = set(words) - negated
     scores = {}
     for letter, option in choices.items():
         content = [w for w in _tokens(option) if w not in _STOPWORDS]
         if len(content) < 2 or content[0] in _NEGATIONS:
             continue
-        scores[str(letter).upper()] = sum(w in present for w in content) / len(content)
+        scores[letter_key(letter)] = sum(w in present for w in content) / len(content)
     if not scores:
         return None
     best = max(scores.values())

@@ -46,7 +46,7 @@ from mllm4d_lite.eval.bench_files import (BenchError, check_entries, check_entry
                                           resolve_video)
 from mllm4d_lite.eval.resume import bench_digest, check_resume, read_predictions
 from mllm4d_lite.eval.report import build_report, report_markdown, summary_line, write_report
-from mllm4d_lite.io import atomic_write_json
+from mllm4d_lite.io import atomic_write_json, prepare_output_dir, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,19 @@ def _score_main(argv: Sequence[str]) -> int:
     ap.add_argument("--predictions", nargs="+", required=True, metavar="FILE", help="prediction files (JSON list or JSONL)")
     ap.add_argument("--out", default=None, help="also write report.json/.md/.png here")
     args = ap.parse_args(list(argv))
-    try:
+
+    def score(args):
+        if args.out:
+            prepare_output_dir(args.out)  # a file, read-only: one error line before scoring
         report, per_file = score_files(args.predictions)
-    except BenchError as err:
-        sys.stderr.write(f"mllm4d eval score: error: {err}\n")
+        if args.out:
+            write_report(report, args.out, title="Scored predictions")
+        return report, per_file
+
+    result = run_stage("mllm4d eval score", score, args, (BenchError,), args.out)
+    if result is None:
         return 2
-    if args.out:
-        write_report(report, args.out, title="Scored predictions")
+    report, per_file = result
     sys.stdout.write(report_markdown(report, "Scored predictions"))
     print(summary_line(report, files=[{k: f[k] for k in ("label", "n", "correct", "accuracy")} for f in per_file]))
     return 0
@@ -266,8 +272,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     for e in entries:
         if not e.get("category"):
             e.setdefault("split", label)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(cfg.out)  # a file, read-only: one error line before any work
     check_resume(_run_key(cfg), cfg.bench, out, entries, digest)
     if cfg.limit:
         entries = entries[:cfg.limit]
@@ -349,10 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                        description="Answer a VLM4D-format benchmark and report accuracy per category.")
     from mllm4d_lite.train.families import ModelSetupError
 
-    try:
-        report = run(cfg)
-    except (BenchError, ConfigError, ModelSetupError) as err:
-        sys.stderr.write(f"mllm4d eval run: error: {err}\n")
+    report = run_stage("mllm4d eval run", run, cfg, (BenchError, ConfigError, ModelSetupError), cfg.out)
+    if report is None:
         return 2
     sys.stdout.write(report_markdown(report, f"{cfg.model} on {cfg.bench} ({cfg.prompt})"))
     print(summary_line(report, out=cfg.out))

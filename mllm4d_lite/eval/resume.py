@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mllm4d_lite.eval.bench_files import BenchError
-from mllm4d_lite.io import atomic_write_json
+from mllm4d_lite.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("mllm4d_lite.eval.evaluate")  # the stage's logger: its messages belong to eval run
 
@@ -36,6 +36,19 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
             # a run killed mid-write leaves at most one broken last line: answer it again
             log.warning("%s: line %d is incomplete; that question will be answered again", path, lineno)
     return rows
+
+
+def repair_predictions(path: Path) -> None:
+    """Rewrite ``path`` (atomically) without its incomplete lines when it has any, or when it does
+    not end with a newline: a run killed mid-write leaves a torn last line, and the next answer
+    appended to it would be lost in that line."""
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    rows = read_predictions(path)
+    if text.endswith("\n") and len(rows) == sum(1 for line in text.splitlines() if line.strip()):
+        return
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 #: what :func:`mllm4d_lite.eval.evaluate.scored` adds to a bench entry; everything else of a stored prediction is the entry
@@ -71,7 +84,8 @@ def check_resume(key: dict[str, Any], bench: str | Path, out: Path, entries: Seq
     (refused); and the same bench content (``digest``, :func:`bench_digest`): when the bench
     changed under the same path, the stored predictions are removed, the change is logged, and
     every question is answered again. A folder whose key has no digest (written before digests)
-    resumes when its predictions are answers to the current ``entries``, and gets the digest."""
+    resumes when its predictions are answers to the current ``entries``, and gets the digest. A
+    torn last line (a run killed while writing it) is dropped (:func:`repair_predictions`)."""
     key_path = out / "run_key.json"
     old_digest = None
     if key_path.is_file():
@@ -97,3 +111,5 @@ def check_resume(key: dict[str, Any], bench: str | Path, out: Path, entries: Seq
             path.unlink()
     if old_digest != digest:
         atomic_write_json(key_path, {**key, "bench_digest": digest})
+    for name in PREDICTION_FILES:
+        repair_predictions(out / name)

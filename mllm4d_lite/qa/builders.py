@@ -13,13 +13,31 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mllm4d_lite.curation.annotation import validate_annotation
+from mllm4d_lite.curation.annotation import AnnotationError, validate_annotation
 from mllm4d_lite.qa.config import QAConfig
 from mllm4d_lite.qa.motion import ClipView, classify_angle, classify_change, classify_translation, round_cm, wrap_deg
 from mllm4d_lite.qa.question import Question
 from mllm4d_lite.qa.vocabulary import (APPROACH_TEXT, CAMERA_DIRECTION_TEXT, CAMERA_TURN_TEXT, COUNT_PREDICATES,
                                        NUMERIC_CATEGORIES, OBJECT_DIRECTION_TEXT, PAIR_TEXT, ROTATION_TEXT,
                                        absent_text, phrasings)
+
+
+#: what an annotation's ``objects`` cover (docs/data-format.md ``object_coverage``): every object in
+#: view, or only those the curation saw move (the mask-free flow backend reports no static object)
+OBJECT_COVERAGES = ("all", "moving")
+
+
+def object_coverage(ann: dict[str, Any]) -> str:
+    """``ann["object_coverage"]`` ("all" | "moving"); when absent, "moving" for an annotation of the
+    mask-free flow backend (``quality.objects`` starts with "flow") and "all" otherwise."""
+    coverage = ann.get("object_coverage")
+    if coverage is None:
+        quality = ann.get("quality") if isinstance(ann.get("quality"), dict) else {}
+        return "moving" if str(quality.get("objects", "")).startswith("flow") else "all"
+    if coverage not in OBJECT_COVERAGES:
+        raise AnnotationError(f"annotation of clip {ann.get('clip_id', '?')!r}: object_coverage {coverage!r} is "
+                              f"not one of {list(OBJECT_COVERAGES)}; fix the value or re-run `mllm4d curate`")
+    return coverage
 
 
 def _rng(cfg: QAConfig, *parts: Any) -> random.Random:
@@ -191,7 +209,11 @@ def _q_object_rotation(view, cfg, drops):
 
 def _q_counting(view, cfg, drops):
     """Counts over the objects seen in the clip (never-seen ones are not "in the video"); every
-    seen object must be seen often enough and at both ends of the common segment."""
+    seen object must be seen often enough and at both ends of the common segment. An annotation that
+    holds only moving objects (``object_coverage: moving``) gets no "not moving" count: its answer
+    counts objects the annotation does not hold (the other counts do not: a left-out object is, by
+    the annotation's claim, not moving, so it adds 0 to them)."""
+    moving_only = object_coverage(view.ann) == "moving"
     objs = [o for o in view.objects if o["span"] is not None]
     if not objs:
         return []
@@ -209,6 +231,8 @@ def _q_counting(view, cfg, drops):
              else bool(np.linalg.norm(d) > cfg.qa_moving_min_m) for d in disp]
     out = []
     for key, phrase in COUNT_PREDICATES.items():
+        if moving_only and key == "static":
+            continue
         if key in ("moving", "static"):
             undecided = any(m is None for m in moved)
             hits = [bool(m) == (key == "moving") for m in moved]
@@ -224,12 +248,19 @@ def _q_counting(view, cfg, drops):
             d = np.subtract(round_cm(o["centers"][f1]), round_cm(o["centers"][f0]))
             why_parts.append(f"the {o['label']} moved [{', '.join(_fmt(v) for v in d)}] m ({OBJECT_DIRECTION_TEXT.get(lab, 'moving diagonally')})")
         why = "Displacements in the first frame's camera view: " + "; ".join(why_parts) + f". So {n} of them {'is' if n == 1 else 'are'} {phrase}."
+        if moving_only:
+            why = "Only the objects seen moving are listed; the others stand still. " + why
         pool = [str(k) for k in range(0, max(6, len(objs) + 2))]
         out.append(_make(view, cfg, "counting", "all", key, {"p": phrase}, str(n), str(n), pool, (f0, f1), objs, why))
     return out
 
 
 def _q_false_positive(view, cfg, drops):
+    """Questions about a label no annotated object has. Not asked of an annotation that holds only
+    moving objects: a static object of that label may be in view (and its labels are not the
+    clip's object names), so "no <label> there" would not be known to be true."""
+    if object_coverage(view.ann) == "moving":
+        return []
     present = {o["label"] for o in view.objects}
     candidates = [lab for lab in cfg.qa_absent_labels if lab not in present]
     rng = _rng(cfg, view.clip_id, "false_positive", "labels")
@@ -368,6 +399,7 @@ def generate_questions(ann: dict[str, Any], cfg: QAConfig, capped: bool = True,
     """All questions of one clip (deterministic). ``capped``: at most
     ``qa_max_per_category_per_clip`` per category, picked by a clip-seeded generator."""
     validate_annotation(ann, f"annotation of clip {ann.get('clip_id', '?') if isinstance(ann, dict) else '?'}")
+    object_coverage(ann)  # a bad value is an error before any question is built
     view = ClipView(ann, cfg)
     drops = Counter() if drops is None else drops
     out: list[Question] = []

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from mllm4d_lite import prompts
 from mllm4d_lite.io import atomic_write_many
 from mllm4d_lite.curation.annotation import AnnotationError, validate_annotation
-from mllm4d_lite.qa.builders import generate_questions
+from mllm4d_lite.qa.builders import generate_questions, object_coverage
 from mllm4d_lite.qa.config import QAConfig
 from mllm4d_lite.qa.question import Question
 from mllm4d_lite.qa.vocabulary import COUNT_PREDICATES, NUMERIC_CATEGORIES, option_rank, phrasings
@@ -241,6 +241,9 @@ def build_datasets(annotations: list[dict[str, Any]], out_dir: Path, cfg: QAConf
     summary["unique_questions"] = unique
     summary["train_rephrased_repeats"] = len(by_split["train"]) - unique["train"]
     summary["dropped_for_answer_share"] = dropped_share
+    moving_only = sorted(a["clip_id"] for a in annotations if object_coverage(a) == "moving")
+    if moving_only:  # no "not moving" counts, no false-positive questions there (docs/questions.md)
+        summary["clips_moving_objects_only"] = moving_only
     files = {
         "sft.jsonl": "".join(json.dumps(r) + "\n" for r in sft),
         "cot.jsonl": "".join(json.dumps(r) + "\n" for r in cot),

@@ -16,7 +16,7 @@ from typing import Any
 
 from mllm4d_lite.config import ConfigError, merge_config_classes, parse_config, save_resolved, split_config
 from mllm4d_lite.curation.annotation import AnnotationError, gt_annotations_from_clips, load_annotations
-from mllm4d_lite.io import atomic_write_json
+from mllm4d_lite.io import atomic_write_json, prepare_output_dir, run_stage
 from mllm4d_lite.qa.agreement import agreement, scorecard_line
 from mllm4d_lite.qa.config import QAConfig
 from mllm4d_lite.qa.dataset import build_datasets
@@ -53,6 +53,7 @@ def run(cfg: Any) -> dict[str, Any]:
     est = load_annotations(opts.annotations) if opts.annotations else None
     gt = gt_annotations_from_clips(opts.clips) if (opts.use_gt or opts.score) else None
     anns = gt if opts.use_gt else est
+    prepare_output_dir(opts.out)  # a file, read-only: one error line before anything is written
     summary = build_datasets(anns, Path(opts.out), qa_cfg)
     save_resolved(cfg, opts.out, name="qa_config.yaml")
     result = None
@@ -69,10 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     :class:`QAConfig` key as ``--key value`` (and ``--config recipe.yaml``)."""
     cfg = parse_config(QARunConfig, argv, prog="mllm4d qa",
                        description="4D annotations -> sft/cot/rft.jsonl, bench.json (VLM4D format), qa_summary.json")
-    try:
-        result = run(cfg)
-    except (ConfigError, AnnotationError) as err:
-        sys.stderr.write(f"mllm4d qa: error: {err}\n")
+    result = run_stage("mllm4d qa", run, cfg, (ConfigError, AnnotationError), cfg.out)
+    if result is None:
         return 2
     summary = result["summary"]
     line = (f"mllm4d qa: {summary['unique_questions']['train']} train (+{summary['train_rephrased_repeats']} rephrased) "

@@ -94,24 +94,44 @@ def append_jsonl_row(path: Path, row: dict[str, Any]) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
+def _jsonl_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, row)`` for each complete JSON line of ``path``; a torn line (a run killed while
+    appending) is dropped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s: dropped an incomplete line (a run stopped while writing it)", path)
+            continue
+        if isinstance(row, dict):
+            rows.append((line, row))
+    return rows
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of ``metrics.jsonl`` (none when the file is missing)."""
+    """The rows of ``metrics.jsonl`` (none when the file is missing; a torn last line is dropped)."""
     path = Path(path)
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    return [row for _, row in _jsonl_rows(path)] if path.is_file() else []
 
 
 def trim_metrics(path: Path, last_step: int) -> None:
-    """Rewrite ``metrics.jsonl`` with its rows up to ``last_step`` only (a run resumed from the
-    checkpoint of that step logs the later ones again); ``last_step`` 0 leaves it empty."""
-    kept = []
-    if path.is_file() and last_step > 0:
-        kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-    path.write_text("".join(ln + "\n" for ln in kept))
+    """Rewrite ``metrics.jsonl`` (or ``samples.jsonl``) with its rows of ``step`` <= ``last_step``
+    only (a run resumed from the checkpoint of that step logs the later ones again), atomically;
+    torn lines are dropped, and ``last_step`` 0 leaves no metrics row (they start at step 1)."""
+    from mllm4d_lite.io import atomic_write_text
+
+    path = Path(path)
+    kept = [line for line, row in _jsonl_rows(path) if row.get("step", 0) <= last_step] if path.is_file() else []
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def sft_metrics_callback(metrics_path: Path, collator, device: str):
     """The SFT stage's ``TrainerCallback``: one ``metrics.jsonl`` row and one log line per logging
-    interval (loss, lr, s/step, tokens/s from ``collator.num_tokens``, peak memory)."""
+    interval (loss, lr, s/step, tokens/s from ``collator.num_tokens``, peak memory), written by the
+    main process only in a multi-process run (tokens/s and memory are then the main process's)."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -124,7 +144,9 @@ def sft_metrics_callback(metrics_path: Path, collator, device: str):
             self.t0, self.step0, self.tokens0 = time.perf_counter(), state.global_step, collator.num_tokens
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs:
+            # every process of a multi-process run calls on_log with the same (all-reduced) loss:
+            # the main one alone writes the row
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             now, steps = time.perf_counter(), max(state.global_step - self.step0, 1)
             dt = now - self.t0

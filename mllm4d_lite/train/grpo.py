@@ -20,20 +20,20 @@ Outputs in ``output_dir``: ``adapter/`` (peft, the ``default`` adapter only), ``
 ``metrics.jsonl`` (one line per logging step: reward, each component, the accuracy of each
 question category drawn, completion length, KL, s/step, memory), ``reward_curve.png``,
 ``samples.jsonl`` (completions every ``sample_every`` steps), ``checkpoints/`` (for ``--resume``),
-``summary.json``.
+``run_key.json`` (what the checkpoints were trained on, see
+:func:`mllm4d_lite.train.checkpoints.resume_point`), ``summary.json``.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from mllm4d_lite.config import ConfigError, parse_config, save_resolved
-from mllm4d_lite.io import atomic_write_json
-from mllm4d_lite.train.grpo_config import GRPOConfig
+from mllm4d_lite.io import atomic_write_json, prepare_output_dir, run_stage
+from mllm4d_lite.train.grpo_config import GRPOConfig, trl_vllm_args
 from mllm4d_lite.train.grpo_data import load_pool
 from mllm4d_lite.train.grpo_metrics import category_fifths, fifth_means, fifths_see_same_prompts, plot_reward_curve
 
@@ -41,21 +41,20 @@ log = logging.getLogger(__name__)
 
 
 def check_setup(cfg: GRPOConfig, device: str) -> None:
-    """Refuse settings that cannot work here (GPU-only ones on a CPU, vLLM generation)."""
-    from mllm4d_lite.train.families import ModelSetupError
+    """Refuse settings that cannot work here (GPU-only ones on a CPU: Unsloth, vLLM generation, which
+    needs vLLM installed and a CUDA GPU; the kit then sends vLLM the frames, see
+    :mod:`mllm4d_lite.train.vllm_video`)."""
     from mllm4d_lite.train.loading import check_gpu_only_settings
 
     check_gpu_only_settings(device, use_unsloth=cfg.use_unsloth, use_vllm=cfg.use_vllm)
-    if cfg.use_vllm:
-        # TRL 1.16's vLLM path (VLLMGeneration.generate) takes token ids + images only: a video
-        # prompt would be generated blind. Refuse rather than train on blind rollouts.
-        raise ModelSetupError("`use_vllm: true`: TRL 1.16's vLLM generation passes images only, so the kit's video "
-                              "prompts would be generated without their frames; set `use_vllm: false` "
-                              "(transformers generation, which the kit feeds the video)")
 
 
-def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = None):
-    """Model, processor, dataset and :class:`VideoGRPOTrainer` for ``cfg`` (nothing trained yet)."""
+def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = None, fresh: bool | None = None):
+    """Model, processor, dataset and :class:`VideoGRPOTrainer` for ``cfg`` (nothing trained yet).
+
+    A record whose prompt text holds one of the model's chat special tokens is refused
+    (:class:`~mllm4d_lite.train.records.DataError` naming the file and the record). ``fresh``: start
+    ``samples.jsonl`` anew (default: unless ``cfg.resume``)."""
     import torch
     import trl
     from peft import LoraConfig
@@ -64,9 +63,11 @@ def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = No
     from mllm4d_lite.train.callbacks import follow_thread_share, quiet_progress
     from mllm4d_lite.train.grpo_data import build_dataset
     from mllm4d_lite.train.grpo_metrics import grpo_metrics_callback, sample_writer
+    from mllm4d_lite.train.distributed import is_main_process, same_data_callback
     from mllm4d_lite.train.grpo_trainer import VideoGRPOTrainer, vision_token_ids
     from mllm4d_lite.train.loading import load_model_and_processor, pick_device, pick_dtype
     from mllm4d_lite.train.lora import keep_lora_fp32, lora_target_regex
+    from mllm4d_lite.train.records import check_record_text, model_special_tokens
     from mllm4d_lite.train.rewards import get_reward_funcs
     from mllm4d_lite.train.video_inputs import VideoCache, check_videos
 
@@ -88,6 +89,8 @@ def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = No
         cfg.model, adapter=cfg.adapter_init, device=device, quant=cfg.quant, dtype=cfg.dtype,
         use_unsloth=cfg.use_unsloth, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels,
         gradient_checkpointing=cfg.gradient_checkpointing, trainable_adapter=True, shape_layers=cfg.shape_layers)
+    # text that reaches the chat template must not act as chat structure (an injected assistant turn)
+    check_record_text(records, model_special_tokens(processor))
     peft_config = None
     if not cfg.adapter_init:
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -130,18 +133,23 @@ def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = No
         gradient_checkpointing=cfg.gradient_checkpointing,
         generation_kwargs={"suppress_tokens": suppress},  # a sampled vision token would break the next forward
         dataloader_num_workers=0,
+        **trl_vllm_args(cfg),  # use_vllm: vLLM generation that gets the frames (grpo_trainer.py)
         disable_tqdm=False,
         **({"optim": cfg.optim} if cfg.optim else {}),
     )
     reward_funcs = get_reward_funcs(cfg.reward_funcs, strict_release=cfg.strict_release_rewards)
-    writer = sample_writer(out_dir, cfg.reward_funcs, cfg.num_generations, fresh=not cfg.resume)
+    main_rank = is_main_process()  # under accelerate launch, rank 0 alone writes (mllm4d_lite/train/distributed.py)
+    writer = sample_writer(out_dir, cfg.reward_funcs, cfg.num_generations,
+                           fresh=not cfg.resume if fresh is None else fresh) if main_rank else None
     trainer = VideoGRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                                train_dataset=build_dataset(records, cache, cfg.use_st_cot_prompt),
                                processing_class=processor, peft_config=peft_config,
                                sample_writer=writer, sample_every=cfg.sample_every)
     if cfg.lora_fp32:
         keep_lora_fp32(trainer.model)  # TRL casts a 4/8-bit model's LoRA to bf16
-    trainer.add_callback(grpo_metrics_callback(out_dir, cfg.reward_funcs, cfg.max_steps, device))
+    if main_rank:  # TRL's logs are gathered over the processes: rank 0's rows cover the whole batch
+        trainer.add_callback(grpo_metrics_callback(out_dir, cfg.reward_funcs, cfg.max_steps, device))
+    trainer.add_callback(same_data_callback(records, cfg.train_file))
     quiet_progress(trainer)
     follow_thread_share(trainer)
     return trainer
@@ -149,23 +157,36 @@ def build_trainer(cfg: GRPOConfig, records: Sequence[dict[str, Any]] | None = No
 
 def run(cfg: GRPOConfig) -> dict[str, Any]:
     """Train, save ``adapter/``, metrics, curve and summary; return the summary."""
-    from mllm4d_lite.train.callbacks import peak_memory_gb, read_metrics
-    from mllm4d_lite.train.checkpoints import checkpoint_step, checkpoint_to_resume, save_adapter
+    from mllm4d_lite.train.callbacks import peak_memory_gb, read_metrics, trim_metrics
+    from mllm4d_lite.train.checkpoints import checkpoint_step, checkpoint_to_resume, resume_point, save_adapter
+    from mllm4d_lite.train.distributed import is_main_process, share_from_main, whole_lora_weights
     from mllm4d_lite.train.loading import pick_device
 
     out_dir = Path(cfg.output_dir)
-    resume_from = checkpoint_to_resume(out_dir / "checkpoints") if cfg.resume else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out_dir)
-    trainer = build_trainer(cfg)
+    main_rank = is_main_process()  # under accelerate launch, rank 0 alone writes (mllm4d_lite/train/distributed.py)
+    resume_from = checkpoint_to_resume(out_dir / "checkpoints") if cfg.resume and main_rank else None
+    if main_rank:
+        prepare_output_dir(out_dir, "--output-dir")  # a file, read-only: one error line before any work
+    records = load_pool(cfg)
+    if main_rank:
+        # changed records, cold-start adapter or settings: not resumed (run_key.json)
+        resume_from = resume_point(cfg, out_dir, out_dir / "checkpoints", resume_from)
+        if resume_from is not None:  # a sample logged at global step s was drawn for step s + 1
+            trim_metrics(out_dir / "samples.jsonl", checkpoint_step(resume_from) - 1)
+        save_resolved(cfg, out_dir)
+    resume_from = share_from_main(resume_from, pick_device(cfg.device))  # every rank resumes where rank 0 does
+    trainer = build_trainer(cfg, records, fresh=resume_from is None)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     elapsed_s = time.perf_counter() - t0
 
-    adapter_dir = save_adapter(trainer.model, out_dir / "adapter", selected_adapters=["default"])
+    adapter_dir = out_dir / "adapter"
+    with whole_lora_weights(trainer.model):  # ZeRO-3: gathered on every rank, saved by rank 0
+        if main_rank:
+            save_adapter(trainer.model, adapter_dir, selected_adapters=["default"])
 
     rows = read_metrics(out_dir / "metrics.jsonl")
-    if rows:
+    if rows and main_rank:
         plot_reward_curve(rows, cfg.reward_funcs, out_dir / "reward_curve.png")
     first, last = fifth_means([r["reward"] for r in rows])
     num_prompts = len(trainer.train_dataset)
@@ -191,7 +212,8 @@ def run(cfg: GRPOConfig) -> dict[str, Any]:
         "use_st_cot_prompt": cfg.use_st_cot_prompt,
         "reward_funcs": list(cfg.reward_funcs),
     }
-    atomic_write_json(out_dir / "summary.json", summary)
+    if main_rank:
+        atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
 
@@ -201,12 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     from mllm4d_lite.train.families import ModelSetupError
     from mllm4d_lite.train.records import DataError
 
-    try:
-        summary = run(cfg)
-    except (ConfigError, DataError, ModelSetupError) as err:
-        sys.stderr.write(f"mllm4d grpo: error: {err}\n")
+    summary = run_stage("mllm4d grpo", run, cfg, (ConfigError, DataError, ModelSetupError), cfg.output_dir,
+                        "--output-dir")
+    if summary is None:
         return 2
     fmt = summary["format_last"]
+    from mllm4d_lite.train.distributed import is_main_process
+
+    if not is_main_process():
+        return 0
     print(f"grpo: {summary['steps']} steps in {summary['elapsed_s']:.0f} s ({summary['s_per_step']:.2f} s/step) | "
           f"reward {summary['reward_first_fifth']:.3f} -> {summary['reward_last_fifth']:.3f} (first/last fifth"
           f"{', same prompts' if summary['fifths_see_same_prompts'] else ', different prompts'}) | "

@@ -61,7 +61,15 @@ class GRPOArgs:
     optim: str | None = field(default=None, metadata={
         "help": "transformers optimizer name, e.g. sgd (none = transformers' AdamW default, as the paper)"})
     use_vllm: bool = field(default=False, metadata={
-        "help": "vLLM generation: refused, TRL's vLLM path passes images only, not the video (keep false)"})
+        "help": "generate the rollouts with vLLM, which gets each prompt's frames (mllm4d_lite/train/vllm_video.py); "
+                "needs a CUDA GPU with vLLM installed (docs/stack.md, vLLM); false = transformers generation"})
+    vllm_mode: str = field(default="colocate", metadata={
+        "help": "use_vllm: colocate (a vLLM engine inside each training process, one GPU) | server (a "
+                "`trl vllm-serve` server on other GPUs, at vllm_server_url)"})
+    vllm_server_url: str = field(default="http://localhost:8000", metadata={
+        "help": "vllm_mode server: base URL of the `trl vllm-serve` server"})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={
+        "help": "vllm_mode colocate: share of the GPU's memory vLLM may take (weights + KV cache); training gets the rest"})
     sample_every: int = field(default=10, metadata={"help": "write one prompt's completions every N steps"})
 
 
@@ -109,6 +117,10 @@ class GRPOConfig(merge_config_classes(
         if self.max_completion_length < 1:
             raise ValueError(f"`max_completion_length: {self.max_completion_length}` must be >= 1 (the reply budget "
                              "in tokens; the tiny recipe uses 256)")
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(f"`vllm_mode: {self.vllm_mode}`: use colocate or server")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise ValueError(f"`vllm_gpu_memory_utilization: {self.vllm_gpu_memory_utilization}` must be in (0, 1)")
         if self.max_steps == 0 or self.sample_every < 1 or self.logging_steps < 1:
             raise ValueError("`max_steps` must be -1 or > 0; `sample_every` and `logging_steps` >= 1")
 
@@ -138,3 +150,12 @@ class GRPOConfig(merge_config_classes(
         """New prompts drawn per optimizer step (each batch is reused ``num_iterations`` times)."""
         return (self.per_device_train_batch_size * self.gradient_accumulation_steps * num_processes
                 / self.num_generations / self.num_iterations)
+
+
+def trl_vllm_args(cfg: GRPOConfig) -> dict:
+    """The ``trl.GRPOConfig`` keywords of the vLLM settings (none without ``use_vllm``)."""
+    if not cfg.use_vllm:
+        return {}
+    return {"use_vllm": True, "vllm_mode": cfg.vllm_mode, "vllm_server_base_url": cfg.vllm_server_url,
+            "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+            "vllm_tensor_parallel_size": 1}  # the kit's requests go to one engine per process

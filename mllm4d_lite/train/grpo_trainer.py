@@ -14,6 +14,10 @@ closes that gap with three small overrides:
 - ``_generate_and_score_completions`` / ``_compute_loss``: make those rows available while TRL
   computes reference / old / policy log-probabilities, and store them (a per-row list, so TRL's
   shuffle and split keep them aligned) in the generation batch;
+- ``_generate_single_turn`` (``use_vllm`` only): generation by vLLM from requests that carry the
+  same rendered prompt and frames (:mod:`mllm4d_lite.train.vllm_video`), on the engine TRL built
+  (``vllm_mode: colocate``) or the ``trl vllm-serve`` server (``server``); TRL keeps the engine's
+  weights in step with the policy. Without ``use_vllm``, transformers generation (the default);
 - ``_get_per_token_logps_and_entropies``: feeds the rows' video features and ``mm_token_type_ids``
   to the model. A batch that holds video tokens without video features raises instead of
   silently running blind, so a future TRL change cannot quietly make the kit blind
@@ -63,6 +67,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._sample_every = sample_every
         tok = self.processing_class.tokenizer
         self._video_token_id = tok.convert_tokens_to_ids("<|video_pad|>")
+        self._vllm_requests = None  # the batch's vLLM requests (use_vllm), set by _tokenize_prompts
+        self._vllm_messages = None
 
     # -- generation inputs ---------------------------------------------------------------
     def _tokenize_prompts(self, prompts: list):
@@ -98,9 +104,34 @@ class VideoGRPOTrainer(GRPOTrainer):
         prompt_ids = [unique_ids[u] for u in row_to_unique]
         self._active_video_rows = rows
         self._last_video_rows = rows
+        if self.use_vllm:  # the same text and frames, as vLLM requests (one per distinct prompt)
+            from mllm4d_lite.train.vllm_video import build_requests
+
+            self._vllm_requests = build_requests(processor, texts, videos, row_to_unique)
+            self._vllm_messages = [prompts[i] for i in idx]
         fields = _cat_video_rows(rows)
         fields["mm_token_type_ids"] = [[2 if t == self._video_token_id else 0 for t in ids] for ids in prompt_ids]
         return prompt_ids, None, fields
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """Completion ids (and sampled-token log-probs with vLLM) per row; vLLM gets the video."""
+        if not self.use_vllm:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images=has_tool_images)
+        from mllm4d_lite.train.vllm_video import generate_colocate, generate_server, grpo_sampling_kwargs
+
+        requests, self._vllm_requests = self._vllm_requests, None
+        if requests is None or sum(r.n for r in requests) != len(prompt_ids):
+            raise RuntimeError("vLLM generation without the kit's video requests for this batch: TRL no longer "
+                               "calls _tokenize_prompts as the kit expects; the rollouts would be blind")
+        if self.state.global_step != self._last_loaded_step:  # as TRL does: the policy's weights into vLLM
+            self.vllm_generation.sync_weights()
+            self._last_loaded_step = self.state.global_step
+        sampling = grpo_sampling_kwargs(self.args, self.processing_class.tokenizer)
+        if self.vllm_mode == "colocate":
+            return generate_colocate(self.vllm_generation.llm, requests, sampling)
+        client = self.vllm_generation.vllm_client
+        return generate_server(client.base_url, requests, self._vllm_messages, sampling, client.model)
 
     def _generate_and_score_completions(self, inputs):
         self._last_video_rows = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -97,26 +98,76 @@ def unsloth_importable() -> bool:
 
 def check_gpu_only_settings(device: str, use_unsloth: bool = False, use_vllm: bool = False,
                             cpu_recipe: str = "recipes/tiny/") -> None:
-    """Clear errors for settings that only work on a CUDA GPU."""
+    """Clear errors for settings that only work on a CUDA GPU (and, for vLLM, with vLLM installed)."""
     if device.startswith("cuda"):
+        import importlib.util
+
+        if use_vllm and importlib.util.find_spec("vllm") is None:
+            raise ModelSetupError("`use_vllm: true` needs vLLM installed and a CUDA GPU: vLLM is not installed in this "
+                                  "environment (it pins its own torch; see docs/stack.md, vLLM), or set use_vllm: false")
         return
     if use_unsloth:
         raise ModelSetupError(f"`use_unsloth: true` needs a CUDA GPU; use {cpu_recipe}... (use_unsloth: false) on CPU")
     if use_vllm:
-        raise ModelSetupError(f"`use_vllm: true` needs a CUDA GPU with vLLM installed; use {cpu_recipe}... "
-                              "(use_vllm: false) on CPU")
+        raise ModelSetupError(f"`use_vllm: true` needs vLLM installed and a CUDA GPU; use {cpu_recipe}... "
+                              "(use_vllm: false, transformers generation) on CPU")
 
 
-def quantization_config(quant: str | None, compute_dtype):
-    """bitsandbytes config for ``quant`` in (None, "4bit", "8bit"); NF4 + double quant for 4-bit."""
+def parameter_sharding() -> str | None:
+    """How ``accelerate launch`` shards this run's parameters: ``"DeepSpeed ZeRO-3"`` or ``"FSDP"``
+    (from the environment it gives each process), else None (one process, DDP, ZeRO-1/2)."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+        config_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+        if not stage and config_file:  # a deepspeed_config_file instead of accelerate's fields
+            try:
+                stage = str(json.loads(Path(config_file).read_text()).get("zero_optimization", {}).get("stage", ""))
+            except (OSError, ValueError, AttributeError):
+                stage = ""
+        return "DeepSpeed ZeRO-3" if stage == "3" else None
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    return None
+
+
+def local_device(device: str) -> str:
+    """``cuda`` -> ``cuda:<LOCAL_RANK>`` in a multi-process launch (each process loads onto its own
+    GPU, not all onto GPU 0); any other device as it is."""
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    if device == "cuda" and local_rank.isdigit():
+        return f"cuda:{int(local_rank)}"
+    return device
+
+
+def quant_storage_dtype(quant: str | None, torch_dtype, sharding: str | None = None):
+    """The dtype 4-bit weights are packed in: None (bitsandbytes' uint8) unless the parameters are
+    sharded (``sharding``: ZeRO-3 or FSDP), which needs them packed in the model's float dtype, as
+    peft documents for QLoRA with DeepSpeed ZeRO-3 and FSDP (fp16 training: float32). 8-bit weights
+    cannot be sharded: :class:`ModelSetupError`."""
+    import torch
+
+    if quant in (None, "", "none") or sharding is None:
+        return None
+    if quant == "8bit":
+        raise ModelSetupError(f"`quant: 8bit` under {sharding}: bitsandbytes 8-bit weights cannot be sharded; use "
+                              "`quant: 4bit` (QLoRA), `quant: none`, or recipes/accelerate/deepspeed_zero2.yaml / "
+                              "multi_gpu_ddp.yaml (docs/scaling.md)")
+    return torch.float32 if torch_dtype == torch.float16 else torch_dtype
+
+
+def quantization_config(quant: str | None, compute_dtype, storage_dtype=None):
+    """bitsandbytes config for ``quant`` in (None, "4bit", "8bit"); NF4 + double quant for 4-bit,
+    packed in ``storage_dtype`` when given (:func:`quant_storage_dtype`)."""
     if quant in (None, "", "none"):
         return None
     from transformers import BitsAndBytesConfig
 
     if quant == "4bit":
+        extra = {"bnb_4bit_quant_storage": storage_dtype} if storage_dtype is not None else {}
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute_dtype,
-                                  llm_int8_skip_modules=["visual", "model.visual", "lm_head"])
+                                  llm_int8_skip_modules=["visual", "model.visual", "lm_head"], **extra)
     if quant == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["visual", "model.visual", "lm_head"])
     raise ModelSetupError(f"`quant: {quant}` is not one of none, 4bit, 8bit")
@@ -170,6 +221,13 @@ def load_model_and_processor(model: str, adapter: str | None = None, device: str
     device = pick_device(device)
     check_gpu_only_settings(device, use_unsloth=use_unsloth)
     torch_dtype = pick_dtype(dtype, device)
+    sharding = parameter_sharding()
+    if sharding == "FSDP":  # the kit saves its adapter from rank 0's weights: whole under DDP/ZeRO, shards under FSDP
+        raise ModelSetupError("FSDP is not supported by the kit's stages (rank 0 would save its shard of the LoRA "
+                              "weights); use recipes/accelerate/deepspeed_zero3.yaml to shard the model "
+                              "(docs/scaling.md)")
+    storage_dtype = quant_storage_dtype(quant, torch_dtype, sharding)
+    device = local_device(device)
     path = resolve_model_name(model, shape_layers)
     if quant not in (None, "", "none") and not device.startswith("cuda"):
         warnings.warn(f"`quant: {quant}` on CPU works through bitsandbytes but is slow; "
@@ -183,8 +241,9 @@ def load_model_and_processor(model: str, adapter: str | None = None, device: str
     else:
         if use_unsloth:
             log.warning("use_unsloth: true but Unsloth does not import here; loading with transformers + peft")
-        qconf = quantization_config(quant, torch_dtype)
-        kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        qconf = quantization_config(quant, torch_dtype, storage_dtype)
+        # sharded QLoRA: the float weights (vision tower, norms) in the storage dtype too (peft's recipe)
+        kwargs: dict[str, Any] = {"dtype": storage_dtype or torch_dtype}
         if qconf is not None:
             kwargs["quantization_config"] = qconf
             kwargs["device_map"] = {"": device if device != "cuda" else 0}

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import logging
 import math
+import reprlib
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -136,6 +137,15 @@ def _report(reward: str, reasons: list[str | None], log_metric: Any) -> None:
             log_metric(f"malformed/{reward}", sum(r is not None for r in reasons) / len(reasons))
         except Exception:  # logging must never break a training step
             log.debug("log_metric failed for %s", reward, exc_info=True)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 120
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to a log line's length (a broken record may hold megabytes)."""
+    return _REPR.repr(value)
 
 
 def _safe(reward: str, score: Callable[[], tuple[float, str | None]]) -> tuple[float, str | None]:
@@ -267,8 +277,8 @@ def accuracy_reward(completions: Sequence[Any], *, strict_release: bool = False,
         else:
             value, reason = _safe("accuracy", lambda: _accuracy_score(text, answer, choice_map, qtype, opts))
         if reason == "bad_ground_truth":
-            log.warning("accuracy reward: answer %r fits neither choices %r nor question_type %r, scored 0; "
-                        "fix the rft.jsonl record", answer, choice_map, qtype)
+            log.warning("accuracy reward: answer %s fits neither choices %s nor question_type %s, scored 0; "
+                        "fix the rft.jsonl record", _short(answer), _short(choice_map), _short(qtype))
         scores.append(value)
         reasons.append(reason)
     _report("accuracy", reasons, kwargs.get("log_metric"))
@@ -360,8 +370,8 @@ def _centers_reward(kind: str, completions: Sequence[Any], strict_release: bool,
         else:
             value, reason = _safe(kind, lambda: _center_score(text, _ground_truth_centers(solution, key), kind, opts))
         if reason == "bad_ground_truth":
-            log.warning("%s reward: unreadable solution[%r] %r, scored 0; fix the rft.jsonl record",
-                        kind, key, solution)
+            log.warning("%s reward: unreadable solution[%r] %s, scored 0; fix the rft.jsonl record",
+                        kind, key, _short(solution))
         scores.append(value)
         reasons.append(reason)
     _report(kind, reasons, kwargs.get("log_metric"))

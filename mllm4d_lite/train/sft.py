@@ -12,21 +12,22 @@ through LoRA (:mod:`mllm4d_lite.train.lora`).
 
 Outputs in ``output_dir``: ``adapter/`` (peft; ``mllm4d eval --adapter``), ``config.yaml``
 (resolved), ``metrics.jsonl`` (loss, lr, s/step, tokens/s, peak memory per logging interval),
-``loss.png``, ``checkpoint-*/`` (``--resume`` continues from the last one), and
-``eval.json`` when ``eval_file`` is set.
+``loss.png``, ``checkpoint-*/`` (``--resume`` continues from the newest complete one),
+``run_key.json`` (what the checkpoints were trained on: a resume with other records or settings
+is not mixed in, see :func:`mllm4d_lite.train.checkpoints.resume_point`), and ``eval.json`` when
+``eval_file`` is set.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from mllm4d_lite.config import ConfigError, merge_config_classes, parse_config, save_resolved
-from mllm4d_lite.io import atomic_write_json, save_figure
+from mllm4d_lite.io import atomic_write_json, prepare_output_dir, run_stage, save_figure
 from mllm4d_lite.train.args import LoraArgs, ModelArgs, RunArgs, VideoArgs, check_shared, normalise_unset, with_defaults
 
 log = logging.getLogger(__name__)
@@ -160,23 +161,30 @@ def run(cfg: SFTConfig, return_trainer: bool = False):
 
     from mllm4d_lite.train.callbacks import (follow_thread_share, peak_memory_gb, quiet_progress, sft_metrics_callback,
                                              trim_metrics)
-    from mllm4d_lite.train.checkpoints import checkpoint_step, checkpoint_to_resume, save_adapter
+    from mllm4d_lite.train.checkpoints import checkpoint_step, checkpoint_to_resume, resume_point, save_adapter
     from mllm4d_lite.train.collator import VideoSFTCollator, sample_cost
-    from mllm4d_lite.train.loading import (check_gpu_only_settings, load_model_and_processor, pick_device, pick_dtype,
-                                           unsloth_importable)
+    from mllm4d_lite.train.distributed import (is_main_process, same_data_callback, share_from_main,
+                                               whole_lora_weights)
+    from mllm4d_lite.train.loading import (check_gpu_only_settings, load_model_and_processor, parameter_sharding,
+                                           pick_device, pick_dtype, unsloth_importable)
     from mllm4d_lite.train.lora import attach_lora, attach_lora_unsloth, keep_lora_fp32
     from mllm4d_lite.train.records import DataError, load_records, records_by_category
     from mllm4d_lite.train.video_inputs import VideoCache, check_videos
 
     device = pick_device(cfg.device)
     check_gpu_only_settings(device, use_unsloth=cfg.use_unsloth, cpu_recipe="recipes/tiny/sft.yaml (or cold_start.yaml)")
+    if cfg.eval_file and parameter_sharding() == "DeepSpeed ZeRO-3":  # rank 0 would score its shards
+        raise ConfigError(f"`eval_file: {cfg.eval_file}` under DeepSpeed ZeRO-3: the model is sharded over the "
+                          "processes; leave eval_file unset and score the adapter afterwards with "
+                          "`mllm4d eval run --adapter <output_dir>/adapter`")
     out = Path(cfg.output_dir)
-    resume_from = checkpoint_to_resume(out) if cfg.resume else None
+    main_rank = is_main_process()  # under accelerate launch, rank 0 alone writes (mllm4d_lite/train/distributed.py)
+    resume_from = checkpoint_to_resume(out) if cfg.resume and main_rank else None
+    if main_rank:
+        prepare_output_dir(out, "--output-dir")  # a file, read-only: one error line before any work
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out)
 
     records = load_records(cfg.train_file, cfg.max_train_samples or None, seed=cfg.seed,
                            categories=cfg.train_categories)
@@ -184,6 +192,10 @@ def run(cfg: SFTConfig, return_trainer: bool = False):
     records, skipped = check_videos(records, cache)
     if not records:
         raise DataError(f"{cfg.train_file}: no record has a readable video ({len(skipped)} skipped)")
+    if main_rank:
+        resume_from = resume_point(cfg, out, out, resume_from)  # changed records or settings: not resumed
+        save_resolved(cfg, out)
+    resume_from = share_from_main(resume_from, device)  # every rank resumes where rank 0 does
     log.info("%d training records from %s (%d skipped), categories %s%s", len(records), cfg.train_file,
              len(skipped), records_by_category(records), " [BLIND: frames blanked]" if cfg.blind else "")
 
@@ -222,15 +234,16 @@ def run(cfg: SFTConfig, return_trainer: bool = False):
         return collator([records[r["index"]] for r in rows])
 
     metrics_path = out / "metrics.jsonl"
-    if resume_from is None:
+    if resume_from is None and main_rank:
         metrics_path.unlink(missing_ok=True)
-    else:
+    elif main_rank:
         trim_metrics(metrics_path, checkpoint_step(resume_from))
 
     torch_dtype = pick_dtype(cfg.dtype, device)
     trainer = SFTTrainer(model=model, args=trainer_args(cfg, device, torch_dtype), data_collator=collate,
                          train_dataset=dataset, processing_class=processor,
-                         callbacks=[sft_metrics_callback(metrics_path, collator, device)])
+                         callbacks=[sft_metrics_callback(metrics_path, collator, device),
+                                    same_data_callback(records, cfg.train_file)])
     if cfg.lora_fp32:
         keep_lora_fp32(trainer.model)  # TRL casts a 4/8-bit model's LoRA to bf16
     quiet_progress(trainer)
@@ -239,8 +252,9 @@ def run(cfg: SFTConfig, return_trainer: bool = False):
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t0
 
-    adapter_dir = save_adapter(trainer.model, out / "adapter")
-    if metrics_path.exists():
+    with whole_lora_weights(trainer.model):  # ZeRO-3: gathered on every rank, saved by rank 0
+        adapter_dir = save_adapter(trainer.model, out / "adapter") if main_rank else out / "adapter"
+    if metrics_path.exists() and main_rank:
         plot_loss(metrics_path, out / "loss.png", f"{Path(cfg.train_file).name} ({cfg.model})")
 
     summary: dict[str, Any] = {
@@ -248,14 +262,15 @@ def run(cfg: SFTConfig, return_trainer: bool = False):
         "steps": int(trainer.state.global_step), "final_loss": float(result.training_loss),
         "train_s": round(train_s, 1), "peak_mem_gb": round(peak_memory_gb(device), 3),
         "sample_cost": cost, "blind": cfg.blind, "device": device}
-    if cfg.eval_file:
+    if cfg.eval_file and main_rank:
         entries = load_records(cfg.eval_file, cfg.eval_max_samples or None, seed=cfg.seed)
         entries, eval_skipped = check_videos(entries, cache)
         result_eval = quick_eval(trainer.model, processor, entries, cache, mode=cfg.eval_mode,
                                  max_new_tokens=cfg.eval_max_new_tokens)
         atomic_write_json(out / "eval.json", {**result_eval, "skipped": eval_skipped})
         summary["eval"] = {k: v for k, v in result_eval.items() if k != "predictions"}
-    atomic_write_json(out / "summary.json", summary)
+    if main_rank:
+        atomic_write_json(out / "summary.json", summary)
     return (summary, trainer) if return_trainer else summary
 
 
@@ -265,10 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     from mllm4d_lite.train.families import ModelSetupError
     from mllm4d_lite.train.records import DataError
 
-    try:
-        summary = run(cfg)
-    except (ConfigError, DataError, ModelSetupError) as err:
-        sys.stderr.write(f"mllm4d sft: error: {err}\n")
+    summary = run_stage("mllm4d sft", run, cfg, (ConfigError, DataError, ModelSetupError), cfg.output_dir,
+                        "--output-dir")
+    if summary is None:
         return 2
     line = (f"sft: {summary['steps']} steps on {summary['train_records']} records "
             f"({len(summary['skipped_records'])} skipped) in {summary['train_s']:.0f} s, "
@@ -276,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     if "eval" in summary:
         e = summary["eval"]
         line += f"; eval acc {e['accuracy']:.3f} on {e['n']}, ST-CoT format {e['format_rate']:.2f}"
-    print(line)
+    from mllm4d_lite.train.distributed import is_main_process
+
+    if is_main_process():
+        print(line)
     return 0
 
 
