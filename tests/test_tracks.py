@@ -143,3 +143,68 @@ def test_occluded_object_centre_stays_near_truth_or_null():
     assert len(err) >= 3, err
     assert np.median(list(err.values())) <= 0.15, err
     assert np.mean([e <= 0.2 for e in err.values()]) >= 0.8, err
+
+
+# --- object yaw change against ground truth (issue 24: "yaw under-estimated ~0.6x") -------------
+# Clips: a static camera and ONE object turning in place 3-5 m ahead, ground-truth disparity (so
+# only the yaw estimate itself is tested); seeds 7300-7305 are used by no other test nor tiny_data.
+# scripts/bench_object_yaw.py measures the same ratio on 20 clips with SGBM and estimated poses.
+
+
+def _turning_clip(seed: int):
+    clip = synth.generate_clip(seed, 10, camera_motion="static", num_objects=1, num_moving=1,
+                               object_motions=("turn",), depth_range_m=(3.0, 5.0))
+    obj = clip.gt["objects"][0]
+    assert obj["motion"].startswith("turn"), obj["motion"]
+    return clip, obj, clip.focal_px * clip.baseline_m / clip.gt_depth_m, np.asarray(clip.gt["camera_to_world"])
+
+
+def _yaw_ratio(seed: int) -> tuple[float, float]:
+    """(estimated / true yaw change over the estimated span, true change in degrees)."""
+    clip, obj, gt_disp, poses = _turning_clip(seed)
+    grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip.left]
+    yaws = tracks.object_yaws(grays, clip.masks, obj["id"], gt_disp, clip.K, clip.baseline_m, poses)
+    known = [i for i, y in enumerate(yaws) if y is not None]
+    assert len(known) >= 8, yaws
+    true = np.unwrap(obj["yaw_rad"])[known[-1]] - np.unwrap(obj["yaw_rad"])[known[0]]
+    return (yaws[known[-1]] - yaws[known[0]]) / true, math.degrees(true)
+
+
+def test_kabsch_on_exact_surface_correspondences_recovers_the_turn():
+    # Visible surface points of a rendered turning cone (seed 7300), moved by the true rigid turn:
+    # the lifting, world transform and 2D Kabsch give the true yaw change exactly, so any shortfall
+    # of object_yaws comes from the point tracks, not from the geometry or the sign convention.
+    clip, obj, gt_disp, poses = _turning_clip(7300)
+    yaw, centres = np.unwrap(obj["yaw_rad"]), np.asarray(obj["centers_world"])
+    v, u = np.nonzero(clip.masks[0] == obj["id"])
+    p = tracks._to_world(odometry.backproject(np.c_[u, v].astype(float), gt_disp[0][v, u], clip.K, clip.baseline_m),
+                         poses[0])
+    for i in (3, 9):
+        q = p - centres[0]
+        q[:, [0, 2]] = tracks._rotate_xz(q[:, [0, 2]], yaw[i] - yaw[0])
+        q += centres[i]
+        est = tracks.kabsch_yaw(p[:, [0, 2]], q[:, [0, 2]])
+        assert est == pytest.approx(yaw[i] - yaw[0], abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [7302, 7304])
+def test_turning_cube_yaw_ratio_near_one(seed):
+    # a cube's silhouette and shading turn with it: the KLT tracks follow the surface
+    ratio, true_deg = _yaw_ratio(seed)
+    assert abs(true_deg) > 60
+    assert 0.9 <= ratio <= 1.1, ratio
+
+
+def test_round_object_yaw_sign_right():
+    # cone, two spheres (seeds 7303, 7305, 7301): the sign is right and the shortfall stays
+    # within what docs/results.md reports (0.53-0.84 x here; guards against it getting worse)
+    ratios = [_yaw_ratio(s)[0] for s in (7303, 7305, 7301)]
+    assert min(ratios) > 0.4, ratios
+    assert max(ratios) < 1.15, ratios
+
+
+@pytest.mark.xfail(strict=True, reason="issue 24 open: rotationally symmetric objects keep their silhouette and "
+                   "world-fixed shading while turning, so KLT tracks lag the texture (docs/results.md)")
+def test_round_object_yaw_ratio_near_one():
+    ratios = [_yaw_ratio(s)[0] for s in (7303, 7305, 7301)]
+    assert 0.9 <= float(np.median(ratios)) <= 1.1, ratios

@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mllm4d_lite.config import ConfigError, merge_config_classes, parse_config, save_resolved, split_config
-from mllm4d_lite.curation import flow_objects, odometry, receipts, stereo, tracks
+from mllm4d_lite.curation import detector_objects, flow_objects, odometry, receipts, stereo, tracks
 from mllm4d_lite.curation.annotation import annotation_from_gt, annotation_from_gt_dir
 from mllm4d_lite.curation.clip import Clip, ClipError
 from mllm4d_lite.curation.engine_ray import RayEngineError  # the engine itself (and ray) load on use
@@ -55,8 +55,8 @@ from mllm4d_lite.qa.dataset import build_datasets
 
 log = logging.getLogger(__name__)
 
-#: where object tracks come from: the clip's instance masks, or the mask-free flow backend
-OBJECT_BACKENDS = ("masks", "flow")
+#: where object tracks come from: the clip's instance masks, the mask-free flow backend, or a learned detector
+OBJECT_BACKENDS = ("masks", "flow", "detector")
 
 @dataclass
 class CurateConfig:
@@ -74,7 +74,7 @@ class CurateConfig:
     max_frames: int = field(default=0, metadata={"help": "use at most this many frames per clip (0 = all; non-native sources)"})
     min_depth_m: float = field(default=1.0, metadata={"help": "nearest depth the disparity search covers (sets max disparity)"})
     qa: bool = field(default=True, metadata={"help": "build the QA data after the annotations"})
-    object_backend: str = field(default="masks", metadata={"help": "masks (the clip's instance masks) | flow (moving objects from stereo + optical flow; masks ignored)"})
+    object_backend: str = field(default="masks", metadata={"help": "masks (the clip's instance masks) | flow (moving objects from stereo + optical flow; masks ignored) | detector (zero-shot detector boxes + stereo depth; masks ignored)"})
 
     def validate(self) -> None:
         if self.object_backend not in OBJECT_BACKENDS:
@@ -93,7 +93,7 @@ class CurateConfig:
 
 
 STAGE_CLASSES = (CurateConfig, stereo.StereoConfig, odometry.OdometryConfig, tracks.TrackConfig,
-                 flow_objects.FlowObjectConfig)
+                 flow_objects.FlowObjectConfig, detector_objects.DetectorConfig)
 #: the options a clip's receipt key covers (less receipts.RUN_ONLY_KEYS)
 STAGE_KEYS = frozenset(f for cls in STAGE_CLASSES for f in cls.__dataclass_fields__)
 # ``mllm4d curate``'s one flat set of flags / YAML keys: the stages above, then the QA step's
@@ -103,13 +103,15 @@ CurateRun = merge_config_classes("CurateRun", *STAGE_CLASSES, QAConfig)
 # ----------------------------------------------------------------------------- one clip
 def estimate_annotation(clip: Clip, min_depth_m: float = 1.0, stereo_cfg: stereo.StereoConfig | None = None,
                         vo_cfg: odometry.OdometryConfig | None = None, track_cfg: tracks.TrackConfig | None = None,
-                        flow_cfg: flow_objects.FlowObjectConfig | None = None, object_backend: str = "masks",
+                        flow_cfg: flow_objects.FlowObjectConfig | None = None,
+                        det_cfg: detector_objects.DetectorConfig | None = None, object_backend: str = "masks",
                         ) -> tuple[dict[str, Any], np.ndarray, dict[str, float]]:
     """Run the 4D pipeline on a loaded clip.
 
     ``object_backend`` "masks" takes objects from the clip's instance masks (none without masks);
     "flow" finds moving objects with :mod:`mllm4d_lite.curation.flow_objects` and never reads the
-    masks (odometry then runs without them too), adding ``objects_log`` to the annotation.
+    masks (odometry then runs without them too), adding ``objects_log`` to the annotation; "detector"
+    does the same from a zero-shot detector's boxes (:mod:`mllm4d_lite.curation.detector_objects`).
 
     Returns the annotation dict (docs/data-format.md + extensions), the disparity (N, H, W) float32 px and
     per-stage timings in seconds (``disparity_s``, ``odometry_s``, ``tracks_s``).
@@ -136,6 +138,11 @@ def estimate_annotation(clip: Clip, min_depth_m: float = 1.0, stereo_cfg: stereo
         objects, objects_log, _ = flow_objects.flow_objects(clip.left, disparity, clip.K, clip.baseline_m,
                                                             vo.camera_to_world, flow_cfg, track_cfg)
         obj_quality["objects"] = "flow: moving objects from residual scene flow (masks ignored)"
+    elif object_backend == "detector":
+        det_cfg = det_cfg or detector_objects.DetectorConfig()
+        objects, objects_log, _ = detector_objects.detector_objects(clip.left, disparity, clip.K, clip.baseline_m,
+                                                                    vo.camera_to_world, det_cfg, track_cfg)
+        obj_quality["objects"] = f"detector: {det_cfg.detector_model} boxes + stereo depth (masks ignored)"
     elif clip.masks is None:
         obj_quality["objects"] = ("none: this clip has no masks and no detector backend; --object-backend flow "
                                   "finds moving objects without masks")
@@ -176,7 +183,8 @@ def estimate_annotation(clip: Clip, min_depth_m: float = 1.0, stereo_cfg: stereo
     }
     if objects_log is not None:
         ann["objects_log"] = objects_log
-        ann["object_coverage"] = "moving"  # the flow backend sees moving objects only (docs/questions.md)
+        # the flow backend sees moving objects only, a detector static ones too (docs/questions.md)
+        ann["object_coverage"] = "moving" if object_backend == "flow" else "all"
     return ann, disparity, timings
 
 
