@@ -190,6 +190,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe YAML for a stage: :func:`load_yaml`, except that every top-level scalar keeps the
+    text written in the file (a :class:`CliText`), so the field's type reads it exactly as on the
+    command line: ``out: 2024_01`` stays the folder ``2024_01`` (YAML would read 202401) and
+    ``out: no`` stays ``no`` (YAML: false); numbers and booleans are read by their fields' types.
+    Lists and mappings keep YAML's values."""
+    data = load_yaml(path)
+    raw = yaml.load(Path(path).read_text(), Loader=yaml.BaseLoader) or {}  # structure only: scalars as text
+    return {key: CliText(raw[key]) if not isinstance(value, (dict, list)) and isinstance(raw.get(key), str)
+            else value for key, value in data.items()}
+
+
 def _parse_cli_value(raw: str) -> CliText:
     """A command-line value, kept as typed; :func:`build_config` converts it by the field's type."""
     return CliText(raw)
@@ -246,7 +258,7 @@ def parse_config(
     source = "defaults"
     try:
         if ns.config:
-            values.update(load_yaml(ns.config))
+            values.update(load_recipe(ns.config))
             # a run's resolved config.yaml (save_resolved) carries provenance under _meta; reusing
             # that file as a recipe (`--config runs/x/config.yaml`) must work, so _meta is not a setting
             values.pop("_meta", None)

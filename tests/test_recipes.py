@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mllm4d_lite.config import build_config, load_yaml
+from mllm4d_lite.config import build_config, load_recipe, load_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
@@ -140,3 +140,11 @@ def test_sft_recipe_lora_targets_match_the_architecture(path):
     targets = resolve_lora_targets(net, cfg.lora_target_modules, cfg.train_merger)
     assert len([t for t in targets if ".language_model." in t]) == 2 * len(cfg.lora_target_modules)
     assert all(".visual.blocks." not in t for t in targets)
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p.parent.name != "accelerate"], ids=_rel)
+def test_recipe_text_reading_gives_the_same_config_as_yaml(path):
+    """The stages read recipes' scalars as text, typed by the field (config.load_recipe); every
+    shipped recipe must give exactly the config YAML's own typing gives."""
+    cls = config_class(path)
+    assert build_config(cls, load_recipe(path), str(path)) == build_config(cls, load_yaml(path), str(path))

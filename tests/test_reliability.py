@@ -325,6 +325,26 @@ def test_curate_command_line_paths_stay_text_numbers_and_flags_are_typed(argv, w
 
 
 @pytest.mark.hostile(
+    stage="all",
+    case="recipe YAML values YAML would rewrite (`out: 2024_01`, `out: no`, `clips: off`, `out:` empty)",
+    gets="string options kept as written in the file; numbers and booleans read by their type")
+def test_recipe_yaml_strings_stay_text_numbers_and_flags_are_typed(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("out: 2024_01\nclips: off\nworkers: 2\nqa: no\nmin_depth_m: 1.5e0\nscore: yes\n")
+    cfg = curate.main.__globals__["parse_config"](curate.CurateRun, ["--config", str(recipe)], prog="mllm4d curate")
+    want = {"out": "2024_01", "clips": "off", "workers": 2, "qa": False, "min_depth_m": 1.5, "score": True}
+    for key, value in want.items():
+        got = getattr(cfg, key)
+        assert got == value and type(got) is type(value), (key, got)
+    recipe.write_text("out: no\n")
+    assert curate.main.__globals__["parse_config"](curate.CurateRun, ["--config", str(recipe)],
+                                                   prog="mllm4d curate").out == "no"
+    recipe.write_text("workers: many\n")
+    with pytest.raises(SystemExit):
+        curate.main.__globals__["parse_config"](curate.CurateRun, ["--config", str(recipe)], prog="mllm4d curate")
+
+
+@pytest.mark.hostile(
     stage="synth",
     case="`--out 2024_01`, `--out no`",
     gets="writes to `2024_01/` and `no/` (not `202401/` or `False/`)")
