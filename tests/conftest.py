@@ -66,3 +66,37 @@ def random_video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
     write_video(path, frames, fps=8.0)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (the tiny model is fastest so, and the CI machine is shared);
+    the thread count is restored afterwards. Test modules opt in with an autouse fixture."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_read_only(monkeypatch):
+    """``make_read_only(folder)``: create ``folder`` read-only (chmod 555). As root chmod does not
+    stop writes, so the kit's write probe (``tempfile.NamedTemporaryFile`` in ``mllm4d_lite.io``)
+    is failed with EACCES instead. The caller restores the mode (``chmod(0o755)``) when done."""
+    import errno
+
+    from mllm4d_lite import io as kit_io
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o555)
+        if os.geteuid() == 0:
+            def denied(*args, **kwargs):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+            monkeypatch.setattr(kit_io.tempfile, "NamedTemporaryFile", denied)
+        return folder
+
+    return make

@@ -39,12 +39,8 @@ CHOICES = {"A": "left", "B": "right", "C": "toward the camera", "D": "not moving
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny model is fastest on one thread, and the CI machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """The tiny model is fastest on one thread, and the CI machine is shared (conftest)."""
 
 
 @pytest.fixture(scope="module")

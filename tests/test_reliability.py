@@ -538,23 +538,12 @@ def test_synth_memory_estimate_against_available_ram(tmp_path, capsys, monkeypat
         synth.generate_clip(0, num_frames=10001)
 
 
-def _readonly(monkeypatch, folder):
-    """A read-only folder; as root chmod does not stop writes, so the write probe is failed instead."""
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o555)
-    if os.geteuid() == 0:
-        def denied(*args, **kwargs):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-
-        monkeypatch.setattr(kit_io.tempfile, "NamedTemporaryFile", denied)
-
-
 @pytest.mark.hostile(
     stage="all",
     case="`--out` that is an existing file, or a read-only folder (synth, curate)",
     gets="one error line naming `--out` and the fix, exit 2; the file untouched; nothing written")
 @pytest.mark.parametrize("stage", ["synth", "curate"])
-def test_out_that_is_a_file_or_read_only_is_one_error_line(tiny_clips, tmp_path, capsys, monkeypatch, stage):
+def test_out_that_is_a_file_or_read_only_is_one_error_line(tiny_clips, tmp_path, capsys, make_read_only, stage):
     main = synth.main if stage == "synth" else curate.main
     extra = ["--num-clips", "1", "--frames", "2", "--size", "32x32"] if stage == "synth" else [
         "--clips", str(tiny_clips), "--use-gt"]
@@ -565,7 +554,7 @@ def test_out_that_is_a_file_or_read_only_is_one_error_line(tiny_clips, tmp_path,
     assert err == f"mllm4d {stage}: error: --out {a_file} is an existing file, not a folder; choose another --out"
     assert a_file.read_text() == "keep"
     ro = tmp_path / "ro"
-    _readonly(monkeypatch, ro)
+    make_read_only(ro)
     try:
         assert main(["--out", str(ro), *extra]) == 2
     finally:

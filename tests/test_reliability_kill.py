@@ -33,11 +33,8 @@ CHOICES = {"A": "left", "B": "right"}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """The tiny model is fastest on one thread, and the CI machine is shared (conftest)."""
 
 
 def kill_when(argv: list[str], ready, what: str, timeout_s: float = 300.0) -> None:

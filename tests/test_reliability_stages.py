@@ -26,11 +26,8 @@ CHOICES = {"A": "left", "B": "right"}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """The tiny model is fastest on one thread, and the CI machine is shared (conftest)."""
 
 
 @pytest.fixture(scope="module")
@@ -164,17 +161,6 @@ STAGES = ["qa", "sft", "grpo", "eval"]
 PROGS = {"qa": "mllm4d qa", "sft": "mllm4d sft", "grpo": "mllm4d grpo", "eval": "mllm4d eval run"}
 
 
-def _readonly(monkeypatch, folder):
-    """A read-only folder; as root chmod does not stop writes, so the write probe is failed instead."""
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o555)
-    if os.geteuid() == 0:
-        def denied(*args, **kwargs):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-
-        monkeypatch.setattr(kit_io.tempfile, "NamedTemporaryFile", denied)
-
-
 @pytest.mark.hostile(
     stage="qa",
     case="`--out` that is an existing file, or a read-only folder",
@@ -193,7 +179,7 @@ def _readonly(monkeypatch, folder):
     gets="one error line naming the path and the fix, before any work; nothing written")
 @pytest.mark.parametrize("stage", STAGES)
 def test_out_that_is_a_file_or_read_only_is_one_error_line(stage, tiny_qwen25, toy_sft, random_video, tmp_path,
-                                                           capsys, monkeypatch):
+                                                           capsys, make_read_only):
     a_file = tmp_path / "a_file"
     a_file.write_text("keep")
     argv, option = _stage_argv(stage, a_file, tiny_qwen25, toy_sft, random_video, tmp_path)
@@ -203,7 +189,7 @@ def test_out_that_is_a_file_or_read_only_is_one_error_line(stage, tiny_qwen25, t
     assert a_file.read_text() == "keep"
 
     ro = tmp_path / "ro"
-    _readonly(monkeypatch, ro)
+    make_read_only(ro)
     argv, option = _stage_argv(stage, ro, tiny_qwen25, toy_sft, random_video, tmp_path)
     try:
         assert kit_main(stage, argv) == 2
