@@ -398,3 +398,34 @@ def test_curate_scores_camera_of_fetched_kitti(server, tmp_path, capsys):
     assert card["pass"]["object_centres"] is None and card["pass"]["object_direction"] is None
     assert card["pass"]["disparity_recorded"] is None and isinstance(card["pass"]["camera_ate"], bool)
     assert "objects: absent" in text and "object_centres n/a" in text
+
+
+def _unzip_raw(kitti_drive, root):
+    """The served drive and calibration zips unpacked by hand, as a user would: root/DATE/..."""
+    for name in (f"/raw/{DRIVE}/{DRIVE}_sync.zip", f"/raw/{DATE}_calib.zip"):
+        with zipfile.ZipFile(io.BytesIO(kitti_drive["files"][name])) as z:
+            z.extractall(root)
+    return root / DATE / f"{DRIVE}_sync"
+
+
+def test_curate_reads_oxts_of_a_raw_drive_folder(kitti_drive, tmp_path, capsys, caplog):
+    """curate --clips on an unzipped raw drive reads its OXTS poses (the known path) and scores the
+    camera; without the IMU calibration it warns, naming the file, and curates without ground truth."""
+    from mllm4d_lite.curation import curate, sources
+
+    drive = _unzip_raw(kitti_drive, tmp_path / "raw")
+    clip = sources.find_sources(drive)[0].load()
+    np.testing.assert_allclose(np.asarray(clip.gt["camera_to_world"]), kitti_drive["c2w"], atol=1e-8)
+    assert curate.main(["--clips", str(drive), "--out", str(tmp_path / "run"), "--score", "true",
+                        "--qa", "false", "--min-depth-m", "2"]) == 0
+    card = json.loads((tmp_path / "run" / "scorecard.json").read_text())
+    path_m = float(np.linalg.norm(np.diff(kitti_drive["c2w"][:, :3, 3], axis=0), axis=1).sum())
+    assert card["per_clip"][0]["camera"]["path_length_m"] == pytest.approx(path_m, rel=1e-6)
+
+    (drive.parent / "calib_imu_to_velo.txt").unlink()
+    with caplog.at_level("WARNING"):
+        clip = sources.find_sources(drive)[0].load()
+    assert clip.gt is None and clip.num_frames == N
+    assert "calib_imu_to_velo.txt" in caplog.text and "without camera ground truth" in caplog.text
+    with pytest.raises(Exception, match="calib_imu_to_velo.txt"):
+        sources.load_kitti_raw(drive, oxts=True)  # fetch's strict mode still refuses

@@ -219,6 +219,7 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
                                   "num_frames": clip.num_frames}
         if cfg.score and clip.gt is not None and disparity is not None:
             result["score"] = score_clip(clip, ann, disparity)
+            result["gt_annotation"] = annotation_from_gt(clip)  # for the QA agreement (any source kind)
         # the clip id comes from data (clip.json, a file name): it must stay one plain file name
         ann_path = id_path(Path(out_dir) / "annotations", clip.clip_id, ".json", "clip_id", clip.path)
         if cfg.plot:
@@ -363,7 +364,8 @@ def _curate(run_cfg: Any, cfg: CurateConfig, sources: list[ClipSource], out: Pat
             card["per_clip"] = [{k: v for k, v in s.items() if k != "objects"} for s in scores]
             text = scorecard_text(card)
             card["summary"] = text.splitlines()
-            gt_anns = [annotation_from_gt_dir(Path(r["annotation"]["clip_dir"])) for r in results if "score" in r]
+            gt_anns = [r.get("gt_annotation") or annotation_from_gt_dir(Path(r["annotation"]["clip_dir"]))
+                       for r in results if "score" in r]
             card["qa_agreement"] = agreement([r["annotation"] for r in results if "score" in r], gt_anns,
                                              split_config(run_cfg, QAConfig))
             text += "\n  " + scorecard_line(card["qa_agreement"])

@@ -128,8 +128,9 @@ def load_done(source: Any, out_dir: str | Path, key: str, plot: bool) -> dict[st
             return None
         result = {"clip_id": receipt["clip_id"], "annotation": json.loads(data), "timings": {},
                   "num_frames": int(receipt["num_frames"]), "reused": True, "receipt": path.name}
-        if "score" in receipt:
-            result["score"] = receipt["score"]
+        for name in ("score", "gt_annotation"):
+            if name in receipt:
+                result[name] = receipt[name]
         return result
     except (OSError, ValueError, KeyError, TypeError):  # no receipt / annotation, or a damaged one
         return None
@@ -140,8 +141,9 @@ def write_receipt(source: Any, out_dir: str | Path, key: str, result: dict[str, 
     receipt = {"version": RECEIPT_VERSION, "key": key, "source": source.path, "clip_id": result["clip_id"],
                "num_frames": result["num_frames"],
                "annotation_sha256": hashlib.sha256(ann_path.read_bytes()).hexdigest()}
-    if "score" in result:
-        receipt["score"] = result["score"]
+    for name in ("score", "gt_annotation"):
+        if name in result:
+            receipt[name] = result[name]
     path = receipt_path(out_dir, source)
     atomic_write_json(path, receipt)
     return path.name

@@ -219,12 +219,15 @@ def _finish(clip: Clip) -> Clip:
 
 # ----------------------------------------------------------------------------- loaders
 def load_kitti_raw(drive_dir: str | Path, max_frames: int | None = None, stride: int = 1,
-                   calib_path: str | Path | None = None, oxts: bool = False, clip_id: str | None = None) -> Clip:
+                   calib_path: str | Path | None = None, oxts: bool | None = None, clip_id: str | None = None) -> Clip:
     """A KITTI raw drive folder (``..._drive_XXXX_sync``) -> Clip (left = cam 2, right = cam 3).
 
     ``oxts``: also read ``oxts/data`` and the date's calibration into ``clip.gt`` (the left camera's
-    ground-truth ``camera_to_world``, no objects; :mod:`mllm4d_lite.curation.kitti`). Off by default:
-    ``mllm4d fetch`` turns it on and writes the poses as the native clip's gt.json."""
+    ground-truth ``camera_to_world``, no objects; :mod:`mllm4d_lite.curation.kitti`). True: they must
+    be there (``mllm4d fetch``, which writes the poses as the native clip's gt.json); None (default,
+    ``mllm4d curate --clips DRIVE``): read them when ``oxts/data`` is there, else no ground truth; an
+    unusable OXTS folder or missing IMU/Velodyne calibration is then a warning naming the file, and
+    the drive is curated without ground truth; False: never."""
     drive_dir = Path(drive_dir)
     clip_id = _safe_id(drive_dir.name, clip_id)  # before any work
     if calib_path is None:
@@ -239,19 +242,29 @@ def load_kitti_raw(drive_dir: str | Path, max_frames: int | None = None, stride:
     else:
         fps /= max(1, stride)
     gt = None
-    if oxts:
-        from mllm4d_lite.curation import kitti
-
-        records = kitti.read_oxts(drive_dir / "oxts")[:: max(1, stride)][: len(left)]
-        if len(records) != len(left):
-            raise ClipError(f"{drive_dir / 'oxts' / 'data'}: {len(records)} OXTS records for {len(left)} frames; "
-                            "a synced drive has one per frame (re-extract the drive)")
-        poses = kitti.camera_poses(records, kitti.cam2_from_imu(Path(calib_path).parent))
-        gt = {"camera_to_world": poses.tolist(), "objects": [],
-              "camera_pose_source": "KITTI OXTS GPS/IMU (devkit convertOxtsToPose) via calib_imu_to_velo, "
-                                    "calib_velo_to_cam, R_rect_00 and P_rect_02"}
+    if oxts or (oxts is None and (drive_dir / "oxts" / "data").is_dir()):
+        try:
+            gt = _kitti_oxts_gt(drive_dir, Path(calib_path), stride, len(left))
+        except ClipError as e:
+            if oxts:
+                raise
+            log.warning("%s; curating %s without camera ground truth", e, drive_dir)
     return _finish(Clip(clip_id=clip_id, left=left, right=right, K=k, baseline_m=baseline_m,
                         fps=fps, source="kitti_raw", gt=gt, path=drive_dir))
+
+
+def _kitti_oxts_gt(drive_dir: Path, calib_path: Path, stride: int, num_frames: int) -> dict:
+    """The drive's OXTS records -> gt dict (left camera's ``camera_to_world``, no objects)."""
+    from mllm4d_lite.curation import kitti
+
+    records = kitti.read_oxts(drive_dir / "oxts")[:: max(1, stride)][:num_frames]
+    if len(records) != num_frames:
+        raise ClipError(f"{drive_dir / 'oxts' / 'data'}: {len(records)} OXTS records for {num_frames} frames; "
+                        "a synced drive has one per frame (re-extract the drive)")
+    poses = kitti.camera_poses(records, kitti.cam2_from_imu(calib_path.parent))
+    return {"camera_to_world": poses.tolist(), "objects": [],
+            "camera_pose_source": "KITTI OXTS GPS/IMU (devkit convertOxtsToPose) via calib_imu_to_velo, "
+                                  "calib_velo_to_cam, R_rect_00 and P_rect_02"}
 
 
 def _fps_from_timestamps(path: Path, default: float) -> float:
