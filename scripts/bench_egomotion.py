@@ -3,6 +3,7 @@ on generated clips that stress it: a static camera with objects moving in view, 
 
     .venv/bin/python scripts/bench_egomotion.py                       # 8 seeds per suite from 5000
     .venv/bin/python scripts/bench_egomotion.py --num-seeds 16 --seed 6000 --suites static_movers yaw
+    .venv/bin/python scripts/bench_egomotion.py --clips tiny_data/lateral  # clip folders as they are
 
 Suites (seeds ``seed .. seed + num_seeds - 1``; none of them is used by tiny_data or the tests):
   * static_movers:  320x240, 70 deg, static camera, 3 objects of which 2 move.
@@ -21,7 +22,10 @@ mask-free object backend gets). Printed per suite and mode:
   * ATE: per-clip median position error (evo, no alignment), median and max over clips;
   * yaw ratio: estimated / true camera yaw change from the first to the last frame (target 0.9-1.1),
     median, min and max over the yawing clips.
-``--json PATH`` also writes every per-clip figure.
+``--json PATH`` also writes every per-clip figure. ``--clips DIR ...`` runs the same on existing
+clip folders (each with gt.json and masks; e.g. the demo's tiny_data/lateral, or the output of
+``mllm4d synth``) instead of the suites, all their frames as they are, and adds per mode the clips
+that miss their target (static: drift <= 2 cm; moving: ATE <= max(5 cm, 3 % of the path)).
 """
 
 from __future__ import annotations
@@ -75,11 +79,16 @@ def run_clip(seed: int, frames: int, opts: dict, tmp: Path, vo_cfg: odometry.Odo
     slow_down = opts.pop("slow_down", 1)  # render slow_down x the frames, keep the first ones
     clip = synth.generate_clip(seed, frames * slow_down, **opts)
     clip = load_clip(save_clip(clip, tmp, crf=20))  # the H.264 round trip of real curation input
+    return score_clip_odometry(clip, frames, vo_cfg, seed)
+
+
+def score_clip_odometry(clip, frames: int, vo_cfg: odometry.OdometryConfig, seed: int | None = None) -> dict:
+    """Odometry of a loaded clip's first ``frames`` frames with and without its masks, scored."""
     left, right, masks = clip.left[:frames], clip.right[:frames], clip.masks[:frames]
     gt = np.asarray(clip.gt["camera_to_world"], float)[:frames]
     max_disp = stereo.max_disparity_for(clip.focal_px, clip.baseline_m, 1.0, clip.width)
     disp = np.stack([stereo.compute_disparity(left[i], right[i], max_disp) for i in range(frames)])
-    row = {"seed": seed, "camera_motion": clip.gt["camera_motion"],
+    row = {"seed": seed, "clip_id": clip.clip_id, "camera_motion": clip.gt.get("camera_motion"),
            "moving_objects": sum(o["motion"] != "static" for o in clip.gt["objects"])}
     for mode, exclude in (("masks", masks > 0), ("no_masks", None)):
         t0 = time.perf_counter()
@@ -87,8 +96,13 @@ def run_clip(seed: int, frames: int, opts: dict, tmp: Path, vo_cfg: odometry.Odo
         est = res.camera_to_world
         ate = trajectory_ate(est, gt)
         gt_yaw = yaw_change_rad(gt)
-        row[mode] = {"drift_m": float(np.linalg.norm(est[:, :3, 3] - gt[:, :3, 3], axis=1).max()),
-                     "ate_median_m": ate["ate_median_m"], "path_length_m": ate["path_length_m"],
+        turn = math.degrees(math.acos(float(np.clip((np.trace(gt[0, :3, :3].T @ gt[-1, :3, :3]) - 1) / 2, -1, 1))))
+        static = ate["path_length_m"] < 0.01 and turn < 1.0  # as the scorecard
+        drift = float(np.linalg.norm(est[:, :3, 3] - gt[:, :3, 3], axis=1).max())
+        row[mode] = {"static": bool(static),
+                     "within_target": bool(drift <= 0.02 if static else
+                                           ate["ate_median_m"] <= max(0.05, 0.03 * ate["path_length_m"])),
+                     "drift_m": drift, "ate_median_m": ate["ate_median_m"], "path_length_m": ate["path_length_m"],
                      "yaw_true_deg": math.degrees(gt_yaw),
                      "yaw_ratio": yaw_change_rad(est) / gt_yaw if abs(gt_yaw) > math.radians(5) else None,
                      "failed_frames": len(res.failed_frames), "static_frames": int(res.quality["vo_static_frames"]),
@@ -104,10 +118,44 @@ def summary(rows: list[dict], mode: str) -> str:
     text = (f"drift median {100 * np.median(drift):.2f} cm max {100 * drift.max():.2f} cm "
             f"({(drift <= 0.02).sum()}/{len(drift)} <= 2 cm) | ATE median {100 * np.median(ate):.2f} cm "
             f"max {100 * ate.max():.2f} cm" + (f" ({100 * np.median(ate_pct):.1f} % of path)" if ate_pct else ""))
+    text += f" | {sum(r[mode]['within_target'] for r in rows)}/{len(rows)} within target"
     if len(ratios):
         text += (f" | yaw ratio median {np.median(ratios):.3f} min {ratios.min():.3f} max {ratios.max():.3f} "
                  f"({((ratios >= 0.9) & (ratios <= 1.1)).sum()}/{len(ratios)} in 0.9-1.1)")
     return text
+
+
+def run_clip_folders(paths: list[str], vo_cfg: odometry.OdometryConfig, json_path: str, tqdm) -> int:
+    """``--clips``: every clip folder under ``paths`` with and without its masks; prints the summary
+    and the clips that miss their target."""
+    folders = []
+    for p in map(Path, paths):
+        found = [p] if (p / "clip.json").is_file() else sorted(c.parent for c in p.glob("*/clip.json"))
+        if not found:
+            print(f"bench_egomotion: no clip folder (with clip.json) at {p}; give a clip folder or a folder of them",
+                  file=sys.stderr)
+            return 2
+        folders += found
+    rows = []
+    for folder in tqdm(folders, desc="clips"):
+        clip = load_clip(folder)
+        if clip.gt is None or clip.masks is None:
+            print(f"bench_egomotion: {folder} has no gt.json or no masks; --clips needs both (mllm4d synth writes them)",
+                  file=sys.stderr)
+            return 2
+        rows.append(score_clip_odometry(clip, clip.num_frames, vo_cfg, clip.meta.get("seed")))
+    print(f"bench_egomotion: {len(rows)} clip folders ({', '.join(paths)})")
+    for mode in ("masks", "no_masks"):
+        secs = np.mean([r[mode]["seconds"] for r in rows])
+        print(f"  {mode:8s}: {summary(rows, mode)} | {secs:.2f} s/clip")
+        missed = [r for r in rows if not r[mode]["within_target"]]
+        if missed:
+            print("    missed: " + ", ".join(
+                f"{r['clip_id']} ({'drift' if r[mode]['static'] else 'ATE'} "
+                f"{100 * (r[mode]['drift_m'] if r[mode]['static'] else r[mode]['ate_median_m']):.1f} cm)" for r in missed))
+    if json_path:
+        atomic_write_json(json_path, {"clips": rows})
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES,
                     help="which suites to run (default: all)")
     ap.add_argument("--json", default="", help="also write the per-clip figures to this JSON file")
+    ap.add_argument("--clips", nargs="+", default=[],
+                    help="clip folders, or folders of clip folders, to run instead of the suites")
     args = ap.parse_args(argv)
     if args.num_seeds < 1 or args.frames < 2:
         ap.error(f"--num-seeds must be >= 1 and --frames >= 2, got {args.num_seeds} and {args.frames}")
@@ -126,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
     vo_cfg = odometry.OdometryConfig()
     results: dict[str, list[dict]] = {}
+    if args.clips:
+        return run_clip_folders(args.clips, vo_cfg, args.json, tqdm)
     with tempfile.TemporaryDirectory() as tmp:
         for suite in args.suites:
             rows = []

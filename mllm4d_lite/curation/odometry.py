@@ -19,9 +19,14 @@ Pipeline (OpenCV + numpy, no learned parts):
    outside the tight threshold (unmasked movers, their shadows) leave the map. Why: RANSAC's
    inlier count at 2 px ties when a near object's motion looks like a small camera motion plus a
    turn (far points fit both), and the object then dragged a static camera by up to 1.5 m.
-3. Static test (:func:`_static_frames`, after the pass): a run of >= ``static_min_frames`` frames
-   whose background tracks stay within ``static_motion_px`` of the run's first frame is one pose,
-   so noise cannot move a camera at rest; a slowly moving camera makes short runs and is not frozen.
+3. Static test (:func:`_static_frames`, after the pass): an affine flow field is fitted to the
+   background tracks' displacements between every two frames up to 8 apart, and each frame's field
+   from frame 0 follows by weighted least squares over all those pairs; a run of >=
+   ``static_min_frames`` frames whose fields stay within ``static_motion_px`` (median over the
+   tracks) of the run's first frame is one pose, so noise cannot move a camera at rest; a slowly
+   moving camera makes short runs and is not frozen. Why the fit over all pairs: on small,
+   compressed frames the tracks thin out and random-walk by 0.2-0.5 px over a clip, which broke
+   the runs of a raw median test (demo clips drifted up to 5.5 cm).
 4. A stereo bundle adjustment (:mod:`.bundle_adjust`: Levenberg-Marquardt, Huber weights, Schur
    complement on the points) refines the poses (a static run shares one; the first is fixed)
    and up to ``ba_max_landmarks`` landmarks, on the left-image reprojection error plus the
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy.linalg import solveh_banded
 
 from mllm4d_lite.curation.bundle_adjust import bundle_adjust
 
@@ -61,7 +67,7 @@ class OdometryConfig:
     pnp_inlier_sigmas: float = field(default=3.0, metadata={"help": "PnP refinement keeps points within this many noise sigmas (px noise measured per frame)"})
     pnp_min_reproj_px: float = field(default=1.0, metadata={"help": "lower bound of the refined PnP inlier threshold (px)"})
     pnp_cell_weights: bool = field(default=True, metadata={"help": "PnP hypothesis score: every image cell weighs the same (a near mover crowds into few cells)"})
-    static_motion_px: float = field(default=0.2, metadata={"help": "static test: camera at rest while its background tracks moved less than this (median, px) since the last moving frame; 0 = off"})
+    static_motion_px: float = field(default=0.2, metadata={"help": "static test: camera at rest while the affine flow of its background tracks moved them less than this (median, px) since the run's first frame; 0 = off"})
     static_min_frames: int = field(default=4, metadata={"help": "static test: a camera at rest must stay so for at least this many frames"})
     min_inliers: int = field(default=12, metadata={"help": "fewer PnP inliers = frame pose unreliable"})
     bundle_adjust: bool = field(default=True, metadata={"help": "refine poses and landmarks by stereo BA"})
@@ -273,14 +279,44 @@ class _Tracks:
                 np.concatenate(self.disp), np.concatenate(self.sigma))
 
 
+def _affine_flow(uv: np.ndarray, flow: np.ndarray, centre: np.ndarray, scale: float) -> np.ndarray:
+    """Affine flow field (3, 2) fitted robustly to the displacements ``flow`` (M >= 6, 2) of points at
+    ``uv`` (M, 2), in the basis ``[(uv - centre) / scale, 1]``: the part of the image motion that a
+    camera motion would cause (translation, rotation, divergence); independent tracking noise
+    averages down by about sqrt(6 / M). Robust passes (3 x MAD, at least 0.5 px) drop points off
+    the fit."""
+    design = np.c_[(uv - centre) / scale, np.ones(len(uv))]
+    coef = np.zeros((3, 2))
+    # robust start: the points that stayed put (<= 0.5 px) when they are >= 30 % of all, else the
+    # median translation; so an unmasked near mover that the pose vote followed (its tracks then
+    # outnumber the background's) cannot pull a still background into its motion
+    keep = np.linalg.norm(flow, axis=1) <= 0.5
+    if keep.mean() < 0.3:
+        resid = np.linalg.norm(flow - np.median(flow, axis=0), axis=1)
+        keep = resid <= max(3.0 * 1.4826 * float(np.median(resid)), 0.5)
+        coef[2] = np.median(flow, axis=0)
+    for _ in range(3):
+        if keep.sum() < 6:
+            break
+        coef = np.linalg.lstsq(design[keep], flow[keep], rcond=None)[0]
+        resid = np.linalg.norm(flow - design @ coef, axis=1)
+        keep = resid <= max(3.0 * 1.4826 * float(np.median(resid[keep])), 0.5)
+    return coef
+
+
 def _static_frames(tracks: _Tracks, n: int, motion_px: float, min_points: int, min_frames: int) -> np.ndarray:
     """(N,) bool: frames at which the camera is at rest, i.e. tied to their predecessor.
 
-    A run of frames is static when its background tracks (landmarks never rejected as PnP
-    outliers) stay within ``motion_px`` (median over at least ``min_points`` tracks) of where they
-    were in the run's first frame, and the run spans at least ``min_frames`` frames. Comparing with
-    the run's first frame rather than the previous one catches slow motion as it adds up, and the
-    minimum length keeps a slowly moving camera (whose runs stay short) from being frozen.
+    Image motion of the background tracks (landmarks never rejected as PnP outliers) as affine
+    flow fields (:func:`_affine_flow`): one per pair of frames up to 8 apart that share >=
+    ``min_points`` tracks, weighted by the tracks shared; every frame's field from frame 0 is their
+    weighted least-squares solution (a frame whose tracks err once is outvoted by the pairs around
+    it, and tracks that thin out are bridged by later ones). A run of frames is static when the
+    fields of its frames move the tracks by less than ``motion_px`` (median) from where the run's
+    first frame has them, and the run spans at least ``min_frames`` frames. Comparing with the run's
+    first frame rather than the previous one catches slow motion as it adds up, and the minimum
+    length keeps a slowly moving camera (whose runs stay short) from being frozen. Frames not
+    linked by pairs of shared tracks never share a run.
     """
     static = np.zeros(n, bool)
     if motion_px <= 0:
@@ -288,17 +324,61 @@ def _static_frames(tracks: _Tracks, n: int, motion_px: float, min_points: int, m
     frame, lid, uv, _, _ = tracks.arrays()
     good = ~tracks.bad[lid]
     frame, lid, uv = frame[good], lid[good], uv[good]
-    by_frame = [(lid[frame == i], uv[frame == i]) for i in range(n)]
+    order = np.argsort(frame, kind="stable")
+    cuts = np.searchsorted(frame[order], np.arange(1, n))
+    by_frame = list(zip(np.split(lid[order], cuts), np.split(uv[order], cuts)))
 
-    def still(a: int, b: int) -> bool:
-        (a_lid, a_uv), (b_lid, b_uv) = by_frame[a], by_frame[b]
-        _, ia, ib = np.intersect1d(a_lid, b_lid, return_indices=True)
-        return len(ia) >= min_points and float(np.median(np.linalg.norm(b_uv[ib] - a_uv[ia], axis=1))) < motion_px
+    if len(uv) == 0:
+        return static
+    # one basis for every pair, so that fields add: centre and half-size of the tracked area
+    centre = uv.mean(axis=0)
+    scale = max(float(np.abs(uv - centre).max()), 1.0)
+    # pairwise affine fields between frames up to `window` apart that share >= min_points tracks
+    # (weight = shared tracks), then every frame's field from frame 0 by weighted least squares
+    # over all pairs: a frame whose tracks err once is outvoted by the pairs around it
+    window = 8
+    component = np.arange(n)  # frames linked through pairs share a label (union-find)
+
+    def root(i: int) -> int:
+        while component[i] != i:
+            i = component[i]
+        return i
+
+    # the normal equations of the pairs are banded (half-width `window`): kept in the upper banded
+    # form of scipy.linalg.solveh_banded, so that long clips (thousands of frames) stay linear in time
+    band = np.zeros((window + 1, n))
+    rhs = np.zeros((n, 6))
+    for a in range(n):
+        for b in range(a + 1, min(n, a + window + 1)):
+            (a_lid, a_uv), (b_lid, b_uv) = by_frame[a], by_frame[b]
+            _, ia, ib = np.intersect1d(a_lid, b_lid, return_indices=True)
+            if len(ia) < max(6, min_points):
+                continue
+            coef = _affine_flow(a_uv[ia], b_uv[ib] - a_uv[ia], centre, scale).ravel()
+            w = float(len(ia))
+            band[window, a] += w
+            band[window, b] += w
+            band[window - (b - a), b] -= w
+            rhs[b] += w * coef
+            rhs[a] -= w * coef
+            component[root(b)] = root(a)
+    fields = np.zeros((n, 6))
+    if n > 1:
+        sub = band[:, 1:].copy()  # frame 0 fixed at the zero field
+        sub[window] += 1e-9 * max(1.0, float(sub[window].max()))  # frames without pairs stay at zero
+        fields[1:] = solveh_banded(sub, rhs[1:])
+    # compared where the tracks are (at most 2000 of their pixels, an even spread): their median
+    # displacement under the difference of two frames' fields
+    pick = np.linspace(0, len(uv) - 1, min(len(uv), 2000)).astype(int)
+    basis = np.c_[(uv[pick] - centre) / scale, np.ones(len(pick))]
+
+    def moved(a: int, b: int) -> float:
+        return float(np.median(np.linalg.norm(basis @ (fields[b] - fields[a]).reshape(3, 2), axis=1)))
 
     start = 0
     while start < n - 1:
         end = start + 1
-        while end < n and still(start, end):
+        while end < n and root(end) == root(start) and moved(start, end) < motion_px:
             end += 1
         if end - start >= max(2, min_frames):  # frames start .. end - 1 are one pose
             static[start + 1:end] = True
