@@ -37,7 +37,12 @@ sets, with one round of residual trimming. ``yaw_rad[t]`` is the heading CHANGE 
 visible frame (the absolute heading is not observable from a partial surface), in the gt
 convention: counter-clockwise seen from above in a plot with x right and z up is positive. None
 where the object is not visible or too few points agree; after a gap in visibility the chain
-cannot be linked, so later frames stay None.
+cannot be linked, so later frames stay None. Solids of revolution (sphere, cylinder, cone: the
+silhouette's width / height varies by less than ``yaw_round_max_aspect_cv`` over the clip) keep
+their silhouette and shading while turning, which makes KLT tracks lag their texture; their turn
+is fitted directly on the texture instead (:func:`_round_object_yaws`, the comment block above it,
+and docs/results.md "Object yaw change"), over their first run of frames whose silhouette is not
+cut left or right.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class TrackConfig:
     yaw_smooth_px: int = field(default=1, metadata={"help": "average object disparities over this window before lifting points for yaw (px)"})
     yaw_min_points: int = field(default=6, metadata={"help": "tracked points needed for a yaw estimate"})
     yaw_max_residual_m: float = field(default=0.05, metadata={"help": "Kabsch inlier threshold (m)"})
+    yaw_round_max_aspect_cv: float = field(default=0.045, metadata={"help": "an object whose silhouette width/height varies less than this over the clip (coefficient of variation) is taken as a solid of revolution and its yaw read from its texture (0 = always the point tracks)"})
 
 
 def _to_world(points_cam: np.ndarray, cam_to_world: np.ndarray) -> np.ndarray:
@@ -338,6 +344,259 @@ def _smooth_inside(disp: np.ndarray, mask: np.ndarray, size_px: int) -> np.ndarr
         return np.where((ok > 0) & (den > 0), num / den, np.nan)
 
 
+# --- yaw of a solid of revolution (sphere, cylinder, cone, ...) -----------------------------------
+# Turning about its vertical axis, such an object keeps its silhouette and its shading in place and
+# only its texture moves, so KLT windows lag the surface (docs/results.md, "Object yaw change").
+# Instead the turn between two frames is fitted directly: every inner pixel of the object is placed
+# on the surface given by the silhouette (per image row, a circle about the vertical axis whose
+# tangent rays are the row's silhouette edges), turned about the axis by a candidate angle, moved
+# with the axis (the silhouette's bearing and the object's median disparity give it per frame) and
+# projected into the next frame; the angle whose warp matches best wins. The images compared are
+# temporal differences (frame k minus frame k-1 shifted by the silhouette's motion), in which the
+# still shading and highlight cancel while the texture's change moves with the surface.
+
+_ROUND_SIGMA_PX = 2.0       # high-pass scale: removes the smooth shading, keeps the texture
+_ROUND_STEP_MAX_RAD = 0.35  # largest turn searched between two frames (20 deg)
+_ROUND_INNER = 0.85         # use pixels within this share of the half-width from the axis
+_ROUND_MEDIAN_PAIRS = 5     # running median over the per-pair turns (rejects single outliers)
+_ROUND_AGREE = (0.5, 1.6)   # texture-change turn accepted within these multiples of the frames' turn
+_ROUND_AGREE_RAD = math.radians(1.5)  # ... give or take this
+_ROUND_MAX_PIXELS = 4000     # pixels used per frame pair at most
+
+
+def _side_cut(ids: np.ndarray, object_id: int, disparity_px: np.ndarray) -> bool:
+    """True when the object's mask is missing or its left / right extreme is set by the image border
+    or a nearer object (its silhouette width is then not its own)."""
+    mask = ids == object_id
+    d = disparity_px[mask]
+    d = d[np.isfinite(d) & (d > 0)]
+    if not len(d):
+        return True
+    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+    cut = _truncated_sides(ids, object_id, disparity_px, float(np.median(d)), (x, y, x + w, y + h))
+    return cut[_LEFT] or cut[_RIGHT]
+
+
+def _aspect_cv(masks: np.ndarray, object_id: int, disparity_px: np.ndarray, min_pixels: int) -> float | None:
+    """Coefficient of variation of the silhouette's width / height over the frames where no side is
+    cut; None with fewer than 3 such frames. A turning box changes its width, a solid of revolution
+    does not."""
+    H, W = masks.shape[1:]
+    ratios = []
+    for i in range(len(masks)):
+        mask = masks[i] == object_id
+        if mask.sum() < min_pixels:
+            continue
+        x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+        d = disparity_px[i][mask]
+        d = d[np.isfinite(d) & (d > 0)]
+        if not len(d) or any(_truncated_sides(masks[i], object_id, disparity_px[i], float(np.median(d)),
+                                              (x, y, x + w, y + h))):
+            continue
+        ratios.append(w / h)
+    if len(ratios) < 3:
+        return None
+    return float(np.std(ratios) / np.mean(ratios))
+
+
+def _highpass_log(gray: np.ndarray, mask: np.ndarray, sigma_px: float) -> np.ndarray:
+    """log intensity minus its local mean over ``mask`` (normalised convolution); 0 outside."""
+    f = np.log1p(gray.astype(np.float32))
+    m = mask.astype(np.float32)
+    num = cv2.GaussianBlur(f * m, (0, 0), sigma_px)
+    den = cv2.GaussianBlur(m, (0, 0), sigma_px)
+    return np.where(mask, f - num / np.maximum(den, 1e-3), 0).astype(np.float32)
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    v, u = np.nonzero(mask)
+    return np.array([u.mean(), v.mean()])
+
+
+def _texture_change(hp: list[np.ndarray | None], masks: list[np.ndarray]) -> list[np.ndarray | None]:
+    """Per frame k: high-passed log frame ``hp[k]`` minus ``hp[k-1]`` shifted by the silhouette
+    centroid's motion (None for the first frame and where the object is missing in either)."""
+    out: list[np.ndarray | None] = [None] * len(hp)
+    for k in range(1, len(hp)):
+        if hp[k] is None or hp[k - 1] is None:
+            continue
+        shift = _centroid(masks[k]) - _centroid(masks[k - 1])
+        M = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
+        prev = cv2.warpAffine(hp[k - 1], M, hp[k].shape[::-1], flags=cv2.INTER_LINEAR)
+        out[k] = np.where(masks[k], hp[k] - prev, 0).astype(np.float32)
+    return out
+
+
+def _revolution_rows(mask: np.ndarray, K: np.ndarray) -> tuple[float, dict[int, float]] | None:
+    """Axis bearing (rad, camera x over z) and per-row angular half-width of a solid of revolution
+    from its silhouette: a row's edge rays are tangent to the circle cut at that height, so the axis
+    lies on their bisector. The larger side is taken, so an occluded side does not shrink it."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) < 3:
+        return None
+    sub = mask[rows]
+    left = np.argmax(sub, axis=1) - 0.5
+    right = mask.shape[1] - 1 - np.argmax(sub[:, ::-1], axis=1) + 0.5
+    th_l, th_r = np.arctan((left - K[0, 2]) / K[0, 0]), np.arctan((right - K[0, 2]) / K[0, 0])
+    bearing = float(np.median(0.5 * (th_l + th_r)))
+    half = np.maximum(bearing - th_l, th_r - bearing)
+    return bearing, dict(zip(rows.tolist(), half.tolist()))
+
+
+def _revolution_points(us: np.ndarray, vs: np.ndarray, bearing: float, half: dict[int, float],
+                       K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-frame surface points (M, 3) of pixels (us, vs) at unit axis distance (the geometry
+    scales with it), and which pixels' rays meet the surface.
+
+    A row's silhouette gives the radius at the height of its tangent points; a pixel's ray meets
+    the surface nearer the camera, at another height (the camera looks down or up at it), so the
+    radius there is looked up in that profile and the intersection redone (3 rounds)."""
+    axis = np.array([math.sin(bearing), math.cos(bearing)])
+    rows = np.array(sorted(half))
+    r_rows = np.sin(np.array([half[v] for v in rows]))
+    # tangent points lie sqrt(1 - r^2) from the camera (horizontally) at the row's slope
+    h_rows = (rows - K[1, 2]) / K[1, 1] * np.sqrt(1.0 - r_rows ** 2) * math.cos(bearing)
+    order = np.argsort(h_rows)
+    h_rows, r_prof = h_rows[order], r_rows[order]
+    slope = (vs - K[1, 2]) / K[1, 1]
+    r = np.sin(np.array([half[int(v)] for v in vs]))
+    ray = np.stack([(us - K[0, 2]) / K[0, 0], np.ones(len(us))], 1)
+    a, b = (ray * ray).sum(1), ray @ axis
+    for _ in range(3):
+        # |t ray - axis|^2 = r^2: the nearer root
+        disc = b * b - a * (1.0 - r * r)
+        t = (b - np.sqrt(np.maximum(disc, 0))) / a
+        r = np.interp(slope * t, h_rows, r_prof)
+    return np.stack([t * ray[:, 0], slope * t, t], 1), disc > 0
+
+
+def _axis_scale(disparity_px: np.ndarray, us: np.ndarray, vs: np.ndarray, pts_unit: np.ndarray, K: np.ndarray,
+                baseline_m: float) -> float | None:
+    """Axis distance (m): the median ratio of measured depth to unit-scale model depth."""
+    d = disparity_px[vs, us]
+    ok = np.isfinite(d) & (d > 0)
+    if ok.sum() < 10:
+        return None
+    return float(np.median(K[0, 0] * baseline_m / d[ok] / pts_unit[ok, 2]))
+
+
+def _revolution_pair_yaw(img0: np.ndarray, img1: np.ndarray, mask0: np.ndarray, mask1: np.ndarray,
+                         disp0: np.ndarray, disp1: np.ndarray, K: np.ndarray, baseline_m: float,
+                         pose0: np.ndarray, pose1: np.ndarray) -> float | None:
+    """World heading change (rad) of a solid of revolution from frame 0 to 1; None when unreliable.
+
+    img0/img1: (H, W) float32 texture images of the two frames; masks (H, W) bool; poses 4x4
+    camera-to-world."""
+    geo0, geo1 = _revolution_rows(mask0, K), _revolution_rows(mask1, K)
+    if geo0 is None or geo1 is None:
+        return None
+    kernel = np.ones((5, 5), np.uint8)
+    vs, us = np.nonzero(cv2.erode(mask0.astype(np.uint8), kernel))
+    bearing0, half0 = geo0
+    near_axis = np.abs(np.arctan((us - K[0, 2]) / K[0, 0]) - bearing0) < _ROUND_INNER * np.array([half0[v] for v in vs])
+    us, vs = us[near_axis], vs[near_axis]
+    pts0, ok = _revolution_points(us, vs, bearing0, half0, K)
+    us, vs, pts0 = us[ok], vs[ok], pts0[ok]
+    if len(us) > _ROUND_MAX_PIXELS:  # a large object: an even subset is plenty (and cv2.remap wants < 32767)
+        keep = np.linspace(0, len(us) - 1, _ROUND_MAX_PIXELS).astype(int)
+        us, vs, pts0 = us[keep], vs[keep], pts0[keep]
+    v1, u1 = np.nonzero(cv2.erode(mask1.astype(np.uint8), kernel))
+    if len(us) < 20 or len(u1) < 10:
+        return None
+    pts1, ok1 = _revolution_points(u1, v1, geo1[0], geo1[1], K)
+    s0 = _axis_scale(disp0, us, vs, pts0, K, baseline_m)
+    s1 = _axis_scale(disp1, u1[ok1], v1[ok1], pts1[ok1], K, baseline_m)
+    if s0 is None or s1 is None:
+        return None
+    axis0 = _to_world(s0 * np.array([[math.sin(bearing0), 0.0, math.cos(bearing0)]]), pose0)[0]
+    axis1 = _to_world(s1 * np.array([[math.sin(geo1[0]), 0.0, math.cos(geo1[0])]]), pose1)[0]
+    rel = _to_world(s0 * pts0, pose0) - axis0
+    target = img0[vs, us]
+    inside1 = cv2.erode(mask1.astype(np.uint8), np.ones((3, 3), np.uint8))
+    H, W = mask1.shape
+
+    def cost(angle: float) -> float:
+        q = rel.copy()
+        q[:, [0, 2]] = _rotate_xz(rel[:, [0, 2]], angle)
+        q[:, [0, 2]] += axis1[[0, 2]]
+        q[:, 1] += axis0[1]
+        qc = (q - pose1[:3, 3]) @ pose1[:3, :3]
+        u = (K[0, 0] * qc[:, 0] / qc[:, 2] + K[0, 2]).astype(np.float32)
+        v = (K[1, 1] * qc[:, 1] / qc[:, 2] + K[1, 2]).astype(np.float32)
+        seen = inside1[np.clip(np.rint(v).astype(int), 0, H - 1), np.clip(np.rint(u).astype(int), 0, W - 1)] > 0
+        if seen.sum() < 0.5 * len(target):
+            return math.inf
+        val = cv2.remap(img1, u[None], v[None], cv2.INTER_LINEAR)[0]
+        return float(np.mean(np.abs(val - target)[seen]))
+
+    # coarse grid, then a fine one around its best, then a parabola through the best three
+    coarse = np.arange(-_ROUND_STEP_MAX_RAD, _ROUND_STEP_MAX_RAD + 1e-9, 0.01)
+    costs = np.array([cost(a) for a in coarse])
+    k = int(np.argmin(costs))
+    if not np.isfinite(costs[k]) or k in (0, len(coarse) - 1):
+        return None
+    fine = coarse[k] + np.arange(-0.012, 0.0121, 0.002)
+    costs = np.array([cost(a) for a in fine])
+    k = int(np.argmin(costs))
+    if not np.isfinite(costs[k]):
+        return None
+    if 0 < k < len(fine) - 1 and np.isfinite(costs[k - 1]) and np.isfinite(costs[k + 1]):
+        curv = costs[k - 1] - 2 * costs[k] + costs[k + 1]
+        if curv > 0:
+            return float(fine[k] + 0.5 * (costs[k - 1] - costs[k + 1]) / curv * 0.002)
+    return float(fine[k])
+
+
+def _round_object_yaws(grays: list[np.ndarray], masks: np.ndarray, object_id: int, disparity_px: np.ndarray,
+                       K: np.ndarray, baseline_m: float, camera_to_world: np.ndarray,
+                       cfg: TrackConfig) -> list[float | None]:
+    """:func:`object_yaws` for a solid of revolution, over its first run of frames in view with
+    both sides of its silhouette its own."""
+    n = len(grays)
+    yaws: list[float | None] = [None] * n
+    ms = [masks[i] == object_id for i in range(n)]
+    usable = [int(ms[i].sum()) >= max(cfg.min_pixels, 30) and not _side_cut(masks[i], object_id, disparity_px[i])
+              for i in range(n)]
+    first = next((i for i in range(n) if usable[i]), None)
+    if first is None:
+        return yaws
+    last = first
+    while last + 1 < n and usable[last + 1]:
+        last += 1
+    hp = [_highpass_log(grays[i], ms[i], _ROUND_SIGMA_PX) for i in range(first, last + 1)]
+    change = _texture_change(hp, ms[first:last + 1])
+
+    def pair(images: list, k: int) -> float | None:
+        return _revolution_pair_yaw(images[k - 1 - first], images[k - first], ms[k - 1], ms[k], disparity_px[k - 1],
+                                    disparity_px[k], K, baseline_m, camera_to_world[k - 1], camera_to_world[k])
+
+    # turn[k]: from the texture change at k-1 to that at k, i.e. over frames k-1.5 .. k-0.5. The
+    # frames themselves give a steadier turn that the still shading pulls towards zero (0.8-0.9 x);
+    # where the two disagree by more than that (a small or fast-moving object whose texture change
+    # drowns in noise and resampling), the frames' turn is kept.
+    turn: dict[int, float] = {}
+    for k in range(first + 2, last + 1):
+        a, b = pair(change, k), pair(hp, k)
+        if a is not None and b is not None:
+            lo, hi = sorted((_ROUND_AGREE[0] * b, _ROUND_AGREE[1] * b))
+            if not lo - _ROUND_AGREE_RAD <= a <= hi + _ROUND_AGREE_RAD:
+                a = b
+        a = a if a is not None else b
+        if a is not None:
+            turn[k] = a
+    keys = sorted(turn)
+    h = _ROUND_MEDIAN_PAIRS // 2
+    smooth = {k: float(np.median([turn[q] for q in keys[max(0, j - h):j + h + 1]])) for j, k in enumerate(keys)}
+    yaws[first] = 0.0
+    for j in range(first, last):
+        # frames j .. j+1 lie between the spans of turn[j+1] and turn[j+2]
+        near = [smooth[k] for k in (j + 1, j + 2) if k in smooth]
+        if not near:
+            break
+        yaws[j + 1] = yaws[j] + float(np.mean(near))
+    return yaws
+
+
 _LK_OBJ = dict(winSize=(11, 11), maxLevel=2, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.01))
 
 
@@ -345,9 +604,15 @@ def object_yaws(grays: list[np.ndarray], masks: np.ndarray, object_id: int, disp
                 baseline_m: float, camera_to_world: np.ndarray, cfg: TrackConfig | None = None) -> list[float | None]:
     """Heading change (rad) since the first visible frame, per frame (None = unknown); see module doc.
 
-    grays: N (H, W) uint8 left frames; other arguments as in :func:`object_centers`.
+    grays: N (H, W) uint8 left frames; other arguments as in :func:`object_centers`. Round objects
+    (see ``cfg.yaw_round_max_aspect_cv``) go through :func:`_round_object_yaws`, others through the
+    KLT + Kabsch chain below.
     """
     cfg = cfg or TrackConfig()
+    if cfg.yaw_round_max_aspect_cv > 0:
+        cv = _aspect_cv(masks, object_id, disparity_px, cfg.min_pixels)
+        if cv is not None and cv < cfg.yaw_round_max_aspect_cv:
+            return _round_object_yaws(grays, masks, object_id, disparity_px, K, baseline_m, camera_to_world, cfg)
     n = len(grays)
     yaws: list[float | None] = [None] * n
     if cfg.yaw_smooth_px > 1:
