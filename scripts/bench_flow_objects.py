@@ -27,7 +27,7 @@ Prints, per backend, against the exact ground truth:
     asks them no "how many are not moving" count and no false-positive question: those are
     ground-truth-only questions, not disagreements.
 ``--verbose`` lists, per clip, the flow backend's missed moving objects (distance, travel, speed
-along and across the line of sight) and spurious objects.
+along and across the line of sight), spurious objects and tracks merged as parts of one object.
 Targets (issue #24): found >= 90 %, spurious <= 1 per 10 clips, centre error <= 10 %, direction
 error <= 20 deg, object Q/A agreement >= 90 %.
 """
@@ -99,7 +99,8 @@ def score_backend(ann: dict, gt: dict, moving_only: bool) -> dict:
     missed = [describe_gt_object(gts[gid], cam) for gid in travel if gid not in found]
     spurious = [{"label": e["label"], "frames_with_centre": sum(c is not None for c in e["centers"]),
                  "matched_gt": match.get(e["id"])} for e in ann["objects"] if match.get(e["id"]) not in claimable]
-    return {"movers": len(travel), "found": len(found & set(travel)), "turners": len(turn),
+    merges = [e["reason"] for e in ann.get("objects_log") or [] if "merged_into" in e]
+    return {"movers": len(travel), "found": len(found & set(travel)), "turners": len(turn), "merges": merges,
             "turners_found": len(found & set(turn)), "spurious": len(spurious),
             "missed": missed, "spurious_objects": spurious, "centre_rel": rel, "direction_deg": direction}
 
@@ -223,7 +224,7 @@ def print_verbose(per_clip: list[dict]) -> None:
     print("flow backend, per clip (misses: distance, travel, radial / lateral m per frame, + = away / left-to-right):")
     for c in per_clip:
         f = c["flow"]
-        if not (f["missed"] or f["spurious_objects"]):
+        if not (f["missed"] or f["spurious_objects"] or f.get("merges")):
             continue
         turner_instead = " (a turner was found)" if f["missed"] and f["turners_found"] else ""
         print(f"  {c['clip']} camera {c['camera_motion']}: found {f['found']}/{f['movers']}, "
@@ -235,6 +236,8 @@ def print_verbose(per_clip: list[dict]) -> None:
         for sp in f["spurious_objects"]:
             what = "no gt object" if sp["matched_gt"] is None else f"static gt object {sp['matched_gt']}"
             print(f"    spurious {sp['label']}: centre on {sp['frames_with_centre']} frames, matches {what}")
+        for reason in f.get("merges", []):
+            print(f"    merged: {reason}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--json", default="", help="also write the summary here")
-    ap.add_argument("--verbose", action="store_true", help="list the flow backend's misses and spurious objects per clip")
+    ap.add_argument("--verbose", action="store_true", help="list the flow backend's misses, spurious objects and merged tracks per clip")
     ap.add_argument("--flow", nargs="*", default=[], metavar="KEY=VALUE",
                     help="FlowObjectConfig overrides, e.g. flow_gap=2 flow_seed_score=6")
     args = ap.parse_args(argv)

@@ -149,7 +149,7 @@ def test_finds_an_object_moving_away_that_the_pair_test_misses():
     mover = [g["id"] for g in clip.gt["objects"] if g["motion"] != "static"]
     objects, log, _ = flow_objects.flow_objects(clip.left, disp, clip.K, clip.baseline_m, poses)
     assert sorted(flow_objects.match_to_gt(objects, clip.gt).values()) == mover and len(objects) == 1
-    off = flow_objects.FlowObjectConfig(flow_depth_gap=0)
+    off = flow_objects.FlowObjectConfig(flow_depth_gap=0, flow_region_score=0)  # the pixel test alone
     assert flow_objects.flow_objects(clip.left, disp, clip.K, clip.baseline_m, poses, off)[0] == []
 
 
@@ -170,3 +170,67 @@ def test_depth_test_falls_back_to_the_shorter_gap():
     cfg = flow_objects.FlowObjectConfig()
     assert flow_objects.depth_moving_regions([[gone, short]], disp, K, 0.3, cfg)[box].mean() > 0.5
     assert not flow_objects.depth_moving_regions([[gone]], disp, K, 0.3, cfg).any()
+
+
+# ---------------------------------------------------------------- duplicate tracks of one object
+
+def _parts_tracks(offsets_px, n=6, H=240, W=320):
+    """Kept-track stand-ins for ``_merge_parts``: for each (du, dv) offset a 16 x 16 px box at disparity
+    12 px (5.71 m with f 228.5 px, baseline 0.3 m), all moving 3 px right per frame; identity poses."""
+    K = np.array([[228.5, 0, 160], [0, 228.5, 120], [0, 0, 1]])
+    disp = np.full((n, H, W), 12.0, np.float32)
+    kept = []
+    for k, (du, dv) in enumerate(offsets_px):
+        filled = {}
+        for t in range(n):
+            m = np.zeros((H, W), bool)
+            m[100 + dv:116 + dv, 100 + du + 3 * t:116 + du + 3 * t] = True
+            filled[t] = m
+        kept.append(({"candidate": k, "frames_seen": n - k, "kept": True}, {"filled": filled}))
+    return kept, disp, K, np.tile(np.eye(4), (n, 1, 1))
+
+
+def test_duplicate_tracks_of_one_object_are_merged():
+    # the top and bottom of one object: 25 px (0.62 m) apart vertically with a 9 px gap (not touching,
+    # farther than flow_merge_m in 3D), moving together: one object, the merge logged with its reason
+    kept, disp, K, poses = _parts_tracks([(0, 0), (0, 25)])
+    cfg = flow_objects.FlowObjectConfig()
+    out = flow_objects._merge_parts(kept, disp, K, 0.3, poses, cfg)
+    assert len(out) == 1 and out[0][0]["candidate"] == 0
+    dropped = kept[1][0]
+    assert dropped["kept"] is False and dropped["merged_into"] == 0
+    assert "moving together" in dropped["reason"] and "candidate 0" in dropped["reason"]
+    assert out[0][1]["filled"][3].sum() == 2 * 16 * 16  # both parts' pixels now belong to the object
+    # the first version's tests alone (touching, or 3D centres within flow_merge_m) keep them apart
+    kept, disp, K, poses = _parts_tracks([(0, 0), (0, 25)])
+    off = flow_objects.FlowObjectConfig(flow_dup_m=0)
+    assert len(flow_objects._merge_parts(kept, disp, K, 0.3, poses, off)) == 2
+    # two objects side by side (40 px = 1.0 m apart top-down) moving in parallel stay two
+    kept, disp, K, poses = _parts_tracks([(0, 0), (40, 0)])
+    assert len(flow_objects._merge_parts(kept, disp, K, 0.3, poses, cfg)) == 2
+
+
+def test_moving_together_needs_a_steady_offset():
+    a = {t: np.array([0.1 * t, 0.0, 5.0]) for t in range(8)}
+    b = {t: np.array([0.1 * t + 0.1, 0.6, 5.05]) for t in range(8)}  # below it, offset fixed
+    assert flow_objects.moving_together(a, b, 0.4, 0.15)[0]
+    c = {t: np.array([0.1 * t + 0.1 + 0.3 * (-1) ** t, 0.6, 5.0]) for t in range(8)}  # same place on average, jumping about
+    assert not flow_objects.moving_together(a, c, 0.4, 0.15)[0]
+    assert not flow_objects.moving_together(a, {t: b[t] for t in (0, 1)}, 0.4, 0.15)[0]  # too few common frames
+
+
+@pytest.mark.parametrize("box_score,moving", [(3.6, True), (2.0, False)])
+def test_score_moving_regions(box_score, moving):
+    # a steady 3-4 sigma on every pixel of an object, none above the seed level (4): the region's
+    # median decides; static noise (the length of a 3D unit normal, median ~1.5) does not
+    disp, K, box = _box_scene()
+    rng = np.random.default_rng(1)
+    score = np.linalg.norm(rng.normal(0, 1, disp.shape + (3,)), axis=-1).astype(np.float32)
+    score[box] = np.clip(box_score + rng.normal(0, 0.2, box.sum()), 0, 3.95)
+    cfg = flow_objects.FlowObjectConfig()
+    assert not (flow_objects.moving_regions(np.nan_to_num(score), disp, K, 0.3, cfg) > 0)[box].any()
+    props = flow_objects.depth_proposals(disp, K, 0.3, cfg)
+    out = flow_objects.score_moving_regions(score, disp, K, 0.3, cfg, props)
+    assert out[box].mean() > 0.5 if moving else not out.any()
+    score[box] = np.nan  # unknown (occluded) over the region: no verdict
+    assert not flow_objects.score_moving_regions(score, disp, K, 0.3, cfg, props).any()

@@ -31,6 +31,7 @@ boxes (x0, y0, x1, y1) in pixels of the left frame.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mllm4d_lite.curation import tracks
+from mllm4d_lite.curation.linking import greedy_assign
 from mllm4d_lite.curation.odometry import backproject
 
 log = logging.getLogger(__name__)
@@ -101,34 +103,48 @@ def nms(dets: list[dict[str, Any]], iou_max: float) -> list[dict[str, Any]]:
     return out
 
 
-def detect_boxes(left: np.ndarray, cfg: DetectorConfig) -> list[list[dict[str, Any]]]:
-    """Run the zero-shot detector on each left frame.
-
-    left: (N, H, W, 3) uint8 RGB. Returns per frame a list of ``{"box": (4,) float x0 y0 x1 y1 px
-    clipped to the image, "score": float, "label": str}`` after the threshold and :func:`nms`.
-    transformers / torch are imported here only (the backend is optional).
-    """
+@functools.lru_cache(maxsize=2)
+def load_detector(model_name: str, device: str = "cpu") -> tuple[str, Any, Any]:
+    """(model type, model in eval mode on ``device``, processor) of an OWLv2 / OWL-ViT hub name or
+    folder, cached per process (curation calls it once per clip; a failed load is not cached).
+    Raises :class:`DetectorError` (one line) when it cannot be loaded or is no zero-shot detector."""
     try:
-        import torch
         from transformers import AutoConfig, Owlv2ForObjectDetection, Owlv2Processor, OwlViTForObjectDetection, OwlViTProcessor
     except ImportError as err:
         raise DetectorError(f"--object-backend detector needs torch and transformers ({err}); "
                             "pip install -r requirements.txt") from err
     try:
-        kind = AutoConfig.from_pretrained(cfg.detector_model).model_type
+        kind = AutoConfig.from_pretrained(model_name).model_type
         model_cls, proc_cls = ((Owlv2ForObjectDetection, Owlv2Processor) if kind == "owlv2"
                                else (OwlViTForObjectDetection, OwlViTProcessor) if kind == "owlvit" else (None, None))
         if model_cls is None:
-            raise DetectorError(f"--detector-model {cfg.detector_model}: model type {kind!r} is not a zero-shot "
+            raise DetectorError(f"--detector-model {model_name}: model type {kind!r} is not a zero-shot "
                                 "detector this slot runs; use an OWLv2 or OWL-ViT model (e.g. " + DEFAULT_MODEL + ")")
-        model = model_cls.from_pretrained(cfg.detector_model).eval()
-        processor = proc_cls.from_pretrained(cfg.detector_model)
+        model = model_cls.from_pretrained(model_name).eval().to(device)
+        processor = proc_cls.from_pretrained(model_name)
     except (OSError, ValueError) as err:
         if isinstance(err, DetectorError):
             raise
-        raise DetectorError(f"--detector-model {cfg.detector_model}: cannot load ({type(err).__name__}: "
+        raise DetectorError(f"--detector-model {model_name}: cannot load ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''}); give a local folder, or download "
                             "the weights on a networked machine (docs/stack.md)") from err
+    return kind, model, processor
+
+
+def detect_boxes(left: np.ndarray, cfg: DetectorConfig) -> list[list[dict[str, Any]]]:
+    """Run the zero-shot detector on each left frame.
+
+    left: (N, H, W, 3) uint8 RGB. Returns per frame a list of ``{"box": (4,) float x0 y0 x1 y1 px
+    clipped to the image, "score": float, "label": str}`` after the threshold and :func:`nms`.
+    transformers / torch are imported here only (the backend is optional); the model is loaded once
+    per process (:func:`load_detector`).
+    """
+    try:
+        import torch
+    except ImportError as err:
+        raise DetectorError(f"--object-backend detector needs torch and transformers ({err}); "
+                            "pip install -r requirements.txt") from err
+    kind, model, processor = load_detector(cfg.detector_model, "cpu")
     labels = cfg.labels()
     n, H, W = left.shape[:3]
     # OWLv2 pads the image to a square (bottom / right) before resizing: its boxes are relative to
@@ -191,7 +207,8 @@ def _world_centroid(mask: np.ndarray, disparity: np.ndarray, K: np.ndarray, base
 def link_detections(detections: list[list[dict[str, Any]]], link_max_m: float, max_gap: int) -> list[dict[str, Any]]:
     """Link per-frame detections (``center`` world (3,), ``label``, ``mask``) into tracks
     ``{"label", "frames": [t...], "masks": {t: mask}, "centers": {t: (3,)}}``: greedily by world
-    centroid distance, same label only, gate ``link_max_m`` x frames since last seen."""
+    centroid distance (:func:`linking.greedy_assign`), same label only, gate ``link_max_m`` x frames
+    since last seen."""
     done: list[dict[str, Any]] = []
     active: list[dict[str, Any]] = []
     for t, dets in enumerate(detections):
@@ -207,13 +224,10 @@ def link_detections(detections: list[list[dict[str, Any]]], link_max_m: float, m
                 gap = t - tr["frames"][-1]
                 dist = float(np.linalg.norm(det["center"] - tr["centers"][tr["frames"][-1]]))
                 if dist <= link_max_m * gap:
-                    pairs.append((dist, i, j))
-        used_d, used_t = set(), set()
-        for _, i, j in sorted(pairs):
-            if i in used_d or j in used_t:
-                continue
+                    pairs.append((dist, j, i))
+        used_d = set()
+        for j, i in greedy_assign(pairs):
             used_d.add(i)
-            used_t.add(j)
             tr = active[j]
             tr["frames"].append(t)
             tr["masks"][t], tr["centers"][t] = dets[i]["mask"], dets[i]["center"]

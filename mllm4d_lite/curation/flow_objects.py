@@ -27,13 +27,19 @@ The clip's instance masks, if any, are never read. Per frame pair (t, t + gap) a
    disparity change against frames t ± ``flow_depth_gap`` (camera motion compensated as in 3., per
    frame of time) exceeds ``flow_depth_rate_px`` and ``flow_depth_rate_rel`` x its disparity, with
    the same sign both ways (:func:`depth_moving_regions`). These regions join frame t's moving mask.
+4c. **Steady motion, per region.** A small or far object moving sideways can sit a steady 3-4 sigma
+   off the static prediction on every pixel with no pixel above the seed level; a candidate object
+   whose median motion score reaches ``flow_region_score`` moves (:func:`score_moving_regions`; only
+   candidates that the pixel test did not touch on that frame are added).
 5. **Tracks.** Components are lifted to world coordinates (odometry poses); components of one frame
    closer than ``merge_m`` are one object; components are linked frame to frame by the nearest
    world centroid (constant-velocity prediction, gate ``link_max_m`` per frame of gap, at most
    ``max_gap`` missing frames). A track seen on fewer than ``min_track_fraction`` of the frames is
    dropped. A kept track's mask is carried along the frame-to-frame flow into the frames where it
-   was not seen moving (depth-gated), and kept tracks that are parts of one object (touching at the
-   same depth, or 3D centroids within ``merge_m``, on most frames) are merged. A kept track lying on
+   was not seen moving (depth-gated), and kept tracks that are parts of one object are merged:
+   touching at the same depth, or 3D centroids within ``merge_m``, on most frames; or moving together
+   (top-down centres within ``flow_dup_m`` whose offset stays within ``flow_dup_steady_m``,
+   :func:`moving_together`; two objects standing on the ground cannot share a footprint). A kept track lying on
    the ground (its regions' disparity grows down the image at more than half the ground's rate,
    :func:`ground_patch_ratio`: a moving shadow, flow errors on the slanted ground) is dropped.
 6. **Centres.** Each kept track's per-frame masks go through :func:`tracks.object_centers` and
@@ -58,6 +64,7 @@ import cv2
 import numpy as np
 
 from mllm4d_lite.curation import tracks
+from mllm4d_lite.curation.linking import greedy_assign
 from mllm4d_lite.curation.odometry import backproject
 
 log = logging.getLogger(__name__)
@@ -85,6 +92,9 @@ class FlowObjectConfig:
     flow_depth_rate_px: float = field(default=0.05, metadata={"help": "flow backend: depth-motion test, smallest median disparity change of a region (px per frame)"})
     flow_depth_rate_rel: float = field(default=0.005, metadata={"help": "flow backend: depth-motion test, smallest median disparity change per frame relative to the disparity"})
     flow_depth_max_m: float = field(default=14.0, metadata={"help": "flow backend: depth-motion test, farthest region tested (m; farther depth motion is below the disparity noise)"})
+    flow_region_score: float = field(default=3.0, metadata={"help": "flow backend: an object region (standing up from the ground) whose median motion score reaches this is moving; 0 = off"})
+    flow_dup_m: float = field(default=0.5, metadata={"help": "flow backend: kept tracks whose top-down centres stay within this (median, m) and move together are one object; 0 = off"})
+    flow_dup_steady_m: float = field(default=0.3, metadata={"help": "flow backend: largest median wobble of the offset between two tracks that move together (m)"})
 
     def validate(self) -> None:
         if self.flow_gap < 1:
@@ -102,6 +112,11 @@ class FlowObjectConfig:
             raise ValueError(f"flow_max_gap must be >= 0, got {self.flow_max_gap}")
         if self.flow_depth_gap < 0:
             raise ValueError(f"flow_depth_gap must be >= 0 (0 = off), got {self.flow_depth_gap}")
+        if self.flow_region_score < 0:
+            raise ValueError(f"flow_region_score must be >= 0 (0 = off), got {self.flow_region_score}")
+        if self.flow_dup_m < 0 or not self.flow_dup_steady_m > 0:
+            raise ValueError(f"flow_dup_m must be >= 0 (0 = off) and flow_dup_steady_m > 0, got "
+                             f"{self.flow_dup_m} and {self.flow_dup_steady_m}")
         for name in ("flow_depth_rate_px", "flow_depth_rate_rel", "flow_depth_max_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -321,7 +336,7 @@ def depth_proposals(disp: np.ndarray, K: np.ndarray, baseline_m: float, cfg: Flo
 
 
 def depth_moving_regions(rates: list[list[np.ndarray]], disp: np.ndarray, K: np.ndarray, baseline_m: float,
-                         cfg: FlowObjectConfig) -> np.ndarray:
+                         cfg: FlowObjectConfig, proposals: list[np.ndarray] | None = None) -> np.ndarray:
     """Regions moving in depth (H, W) bool, by a region-level test: a disparity change of a few
     hundredths of a pixel per frame is far below one pixel's noise but not below the noise of the
     median over a region's hundreds of pixels over ``flow_depth_gap`` frames. A proposal
@@ -330,12 +345,12 @@ def depth_moving_regions(rates: list[list[np.ndarray]], disp: np.ndarray, K: np.
     exceeds ``flow_depth_rate_px`` and ``flow_depth_rate_rel`` x its disparity, with the same sign.
     ``rates``: per time direction, the rate maps of a long and then a shorter gap; the first where
     the region is measured (at least 30 px and half of it: a panning camera takes objects out of
-    view over a long gap) is used."""
+    view over a long gap) is used. ``proposals``: :func:`depth_proposals` of ``disp`` when already made."""
     out = np.zeros(disp.shape, bool)
     if not rates:
         return out
     f2 = K[0, 0] * K[1, 1]
-    for comp in depth_proposals(disp, K, baseline_m, cfg):
+    for comp in depth_proposals(disp, K, baseline_m, cfg) if proposals is None else proposals:
         area = int(comp.sum())
         d_med = float(np.median(disp[comp]))
         z = K[0, 0] * baseline_m / d_med
@@ -355,6 +370,36 @@ def depth_moving_regions(rates: list[list[np.ndarray]], disp: np.ndarray, K: np.
             limit = max(cfg.flow_depth_rate_px, cfg.flow_depth_rate_rel * d_med)
             if all(abs(m) >= limit for m in meds) and len({np.sign(m) for m in meds}) == 1:
                 out |= comp
+    return out
+
+
+def score_moving_regions(score: np.ndarray, disp: np.ndarray, K: np.ndarray, baseline_m: float,
+                         cfg: FlowObjectConfig, proposals: list[np.ndarray],
+                         found: np.ndarray | None = None) -> np.ndarray:
+    """Regions moving by a region-level test of the motion score (H, W) bool: a small or far object
+    whose every pixel sits a steady 3-4 sigma off the static prediction has no pixel above
+    ``flow_seed_score`` (so :func:`moving_regions` drops it), but the median over its pixels is far
+    above a static region's (about 1.5 for pure noise: the median length of a 3D unit normal). A
+    proposal (:func:`depth_proposals`, objects standing up from the ground) with the score known
+    (finite) on at least half of it is moving when that median is at least ``flow_region_score``.
+    ``score``: (H, W) NaN where unknown. ``found``: (H, W) bool regions already seen moving by the pixel
+    test; a proposal touching them is left to that test (its regions, and so the tracks' centroids,
+    stay as they were: the region test only adds objects the pixel test missed on that frame)."""
+    out = np.zeros(disp.shape, bool)
+    if cfg.flow_region_score <= 0:
+        return out
+    f2 = K[0, 0] * K[1, 1]
+    for comp in proposals:
+        area = int(comp.sum())
+        z = K[0, 0] * baseline_m / float(np.median(disp[comp]))
+        if area * z * z / f2 < cfg.flow_min_area_m2 or area > 0.25 * disp.size:
+            continue
+        if found is not None and (comp & found).any():
+            continue
+        sc = score[comp]
+        sc = sc[np.isfinite(sc)]
+        if sc.size >= max(30, 0.5 * area) and float(np.median(sc)) >= cfg.flow_region_score:
+            out |= comp
     return out
 
 
@@ -389,11 +434,8 @@ def _link(detections: list[list[dict]], cfg: FlowObjectConfig) -> list[dict]:
                 dist = float(np.linalg.norm(det["center"] - pred))
                 if dist <= cfg.flow_link_max_m * gap:
                     cands.append((dist, ti, di))
-        used_t, used_d = set(), set()
-        for dist, ti, di in sorted(cands):
-            if ti in used_t or di in used_d:
-                continue
-            used_t.add(ti)
+        used_d = set()
+        for ti, di in greedy_assign(cands):
             used_d.add(di)
             tr = tracks_[ti]
             tr["frames"].append(t)
@@ -442,16 +484,53 @@ def _mask_centroid(mask: np.ndarray, disp: np.ndarray, K: np.ndarray, baseline_m
     return np.median(backproject(np.stack([u, v], 1).astype(np.float64), disp[v, u].astype(np.float64), K, baseline_m), 0)
 
 
+def _world_centroids(filled: dict[int, np.ndarray], disparity: np.ndarray, K: np.ndarray, baseline_m: float,
+                     camera_to_world: np.ndarray) -> dict[int, np.ndarray]:
+    """World 3D centroid (median point) of a track's mask on each frame where one can be placed."""
+    out = {}
+    for t, mask in filled.items():
+        c = _mask_centroid(mask, disparity[t], K, baseline_m)
+        if c is not None:
+            out[t] = camera_to_world[t, :3, :3] @ c + camera_to_world[t, :3, 3]
+    return out
+
+
+def moving_together(ca: dict[int, np.ndarray], cb: dict[int, np.ndarray], near_m: float,
+                    steady_m: float) -> tuple[bool, str]:
+    """Whether two tracks' world centroids (frame -> (3,) m) are one object's parts: on at least 3
+    common frames, the median top-down (x, z) distance between them is at most ``near_m`` and their
+    top-down offset stays put (its median deviation from the median offset is at most ``steady_m``):
+    they move as one body. Top-down, because two objects standing on the ground cannot share a
+    footprint while the parts of one (its top and bottom) do; world y is the vertical when the camera
+    is level at frame 0. Returns (verdict, a short reason with the measured figures)."""
+    common = sorted(set(ca) & set(cb))
+    if len(common) < 3:
+        return False, f"{len(common)} common frames"
+    sep = np.array([(ca[t] - cb[t])[[0, 2]] for t in common])
+    dist = float(np.median(np.linalg.norm(sep, axis=1)))
+    wobble = float(np.median(np.linalg.norm(sep - np.median(sep, 0), axis=1)))
+    why = (f"top-down centres {dist:.2f} m apart (median) over {len(common)} common frames, offset steady "
+           f"to {wobble:.2f} m")
+    return dist <= near_m and wobble <= steady_m, why
+
+
 def _merge_parts(kept: list[tuple[dict, dict]], disparity: np.ndarray, K: np.ndarray,
-                 baseline_m: float, merge_m: float) -> list[tuple[dict, dict]]:
-    """Merge kept tracks that are parts of one object: on at least half of the frames where both
-    are seen, their masks touch (within 3 px) at median depths less than max(0.3 m, 10 %) apart, or
-    their 3D centroids lie within ``merge_m`` (e.g. the top and bottom of a tall cylinder whose
-    middle moved too little to be flagged, or an object and its moving contact shadow)."""
+                 baseline_m: float, camera_to_world: np.ndarray, cfg: FlowObjectConfig) -> list[tuple[dict, dict]]:
+    """Merge kept tracks that are parts of one object (the top and bottom of a tall cylinder whose
+    middle moved too little to be flagged, an object and its moving contact shadow, two halves of a
+    region cut at a disparity edge). Two tests, either suffices:
+
+    * touching: on at least half of the frames where both are seen, their masks touch (within 3 px) at
+      median depths less than max(0.3 m, 10 %) apart, or their 3D centroids lie within ``flow_merge_m``;
+    * moving together (:func:`moving_together`): top-down centres within ``flow_dup_m`` (median) whose
+      offset stays within ``flow_dup_steady_m`` over their common frames.
+
+    The smaller track (fewer frames seen moving) is merged into the larger; its log entry says why."""
     fb = K[0, 0] * baseline_m
     kernel = np.ones((7, 7), np.uint8)
     out: list[tuple[dict, dict]] = []
-    for entry, tr in kept:
+    for entry, tr in sorted(kept, key=lambda et: -et[0]["frames_seen"]):
+        tr["world"] = _world_centroids(tr["filled"], disparity, K, baseline_m, camera_to_world)
         for o_entry, o_tr in out:
             common = sorted(set(tr["filled"]) & set(o_tr["filled"]))
             same = 0
@@ -462,16 +541,25 @@ def _merge_parts(kept: list[tuple[dict, dict]], disparity: np.ndarray, K: np.nda
                     za, zb = fb / np.nanmedian(disparity[t][a]), fb / np.nanmedian(disparity[t][b])
                     same += abs(za - zb) < max(0.3, 0.1 * min(za, zb))
                 elif ca is not None and cb is not None:
-                    same += np.linalg.norm(ca - cb) < merge_m
+                    same += np.linalg.norm(ca - cb) < cfg.flow_merge_m
             if common and same >= 0.5 * len(common):
-                for t, m in tr["filled"].items():
-                    o_tr["filled"][t] = o_tr["filled"][t] | m if t in o_tr["filled"] else m
-                entry.update(kept=False, reason=f"part of the same object as candidate {o_entry['candidate']} "
-                                                f"(touching, same depth on {same}/{len(common)} frames): merged")
-                break
+                reason = f"touching, same depth on {same}/{len(common)} frames"
+            elif cfg.flow_dup_m > 0:
+                together, why = moving_together(o_tr["world"], tr["world"], cfg.flow_dup_m, cfg.flow_dup_steady_m)
+                if not together:
+                    continue
+                reason = f"moving together: {why}"
+            else:
+                continue
+            for t, m in tr["filled"].items():
+                o_tr["filled"][t] = o_tr["filled"][t] | m if t in o_tr["filled"] else m
+            o_tr["world"] = _world_centroids(o_tr["filled"], disparity, K, baseline_m, camera_to_world)
+            entry.update(kept=False, merged_into=o_entry["candidate"],
+                         reason=f"part of the same object as candidate {o_entry['candidate']} ({reason}): merged")
+            break
         else:
             out.append((entry, tr))
-    return out
+    return sorted(out, key=lambda et: et[0]["candidate"])
 
 
 def _slope_down(mask: np.ndarray, disp: np.ndarray) -> float | None:
@@ -540,6 +628,7 @@ def flow_objects(left: np.ndarray, disparity: np.ndarray, K: np.ndarray, baselin
     moving = np.zeros((n, H, W), bool)
     for a in range(n):
         best = np.zeros((H, W), np.float32)
+        best_known = np.full((H, W), np.nan, np.float32)
         for g in gaps:
             scores = []
             for b in (a + g, a - g):
@@ -551,10 +640,13 @@ def flow_objects(left: np.ndarray, disparity: np.ndarray, K: np.ndarray, baselin
             # moving in both directions of time: a disparity or flow error of one pair rarely repeats in
             # the other; the long gap sees slow (e.g. depth) motion the short one misses
             best = np.maximum(best, np.nan_to_num(np.fmin.reduce(scores), nan=0.0))
+            best_known = np.fmax(best_known, np.fmin.reduce(scores))
         moving[a] = moving_regions(best, disparity[a], K, baseline_m, cfg) > 0
+        dg = min(cfg.flow_depth_gap, n - 1)
+        proposals = depth_proposals(disparity[a], K, baseline_m, cfg) if (dg > 0 or cfg.flow_region_score > 0) else []
+        moving[a] |= score_moving_regions(best_known, disparity[a], K, baseline_m, cfg, proposals, moving[a])
         # motion in depth far from the camera: per pixel it drowns in the disparity noise, so it is
         # tested per region, over a longer gap (depth_moving_regions)
-        dg = min(cfg.flow_depth_gap, n - 1)
         if dg > 0:
             rates = []
             for sign in (1, -1):
@@ -562,7 +654,7 @@ def flow_objects(left: np.ndarray, disparity: np.ndarray, K: np.ndarray, baselin
                 if bs:
                     rates.append([disparity_rate(flow(a, b), flow(b, a), disparity[a], disparity[b], K, baseline_m,
                                                  pair_pose(a, b), b - a, cfg) for b in bs])
-            moving[a] |= depth_moving_regions(rates, disparity[a], K, baseline_m, cfg)
+            moving[a] |= depth_moving_regions(rates, disparity[a], K, baseline_m, cfg, proposals)
 
     # per-frame detections: components of the moving mask, merged when close in 3D
     detections: list[list[dict]] = []
@@ -610,7 +702,7 @@ def flow_objects(left: np.ndarray, disparity: np.ndarray, K: np.ndarray, baselin
     for entry, tr in kept:
         tr["filled"] = _propagate(tr["masks"], n, flow, disparity)
         entry["frames_propagated"] = len(tr["filled"]) - len(tr["masks"])
-    kept = _merge_parts(kept, disparity, K, baseline_m, cfg.flow_merge_m)
+    kept = _merge_parts(kept, disparity, K, baseline_m, camera_to_world, cfg)
     # a region lying on the ground is not an object: a moving shadow, or flow / disparity errors on
     # the slanted ground (measured on the tuning clips: ratio 0.59-0.69 for such, <= 0.35 for objects)
     ground_slopes = [ground_plane(disparity[t])[1] for t in range(n)]
