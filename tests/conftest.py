@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch  # noqa: F401  before any test decodes a video: decord loaded first makes torch's matrix
+#               products crash later in the same process (docs/stack.md, "Import torch before the first decode")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

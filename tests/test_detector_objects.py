@@ -8,6 +8,7 @@ the box -> mask -> track logic is scored on ground-truth boxes against the mask 
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -160,3 +161,47 @@ def test_config_validation():
         detector_objects.DetectorConfig(detector_labels=" , ").validate()
     with pytest.raises(ValueError, match="detector_threshold"):
         detector_objects.DetectorConfig(detector_threshold=1.5).validate()
+
+
+def test_linking_is_one_to_one_nearest_first():
+    # two tracks (x 0.0, 0.25) and two detections (x 0.1, 0.2): the nearest pair (track 1, det 1) is
+    # taken first, so track 0 gets det 0 (linking.greedy_assign, shared with the flow backend)
+    def det(x, label="car"):
+        return {"center": np.array([x, 0.0, 5.0]), "label": label, "mask": np.ones((2, 2), bool)}
+
+    frames = [[det(0.0), det(0.25)], [det(0.1), det(0.2)]]
+    trs = detector_objects.link_detections(frames, link_max_m=0.5, max_gap=0)
+    assert sorted((tr["frames"], float(tr["centers"][0][0]), float(tr["centers"][1][0])) for tr in trs) == [
+        ([0, 1], 0.0, 0.1), ([0, 1], 0.25, 0.2)]
+
+
+def test_detector_is_loaded_once_per_process(tiny_owlv2, synth_clip):
+    detector_objects.load_detector.cache_clear()
+    cfg = detector_objects.DetectorConfig(detector_model=str(tiny_owlv2), detector_labels=",".join(LABELS),
+                                          detector_threshold=0.0)
+    first = detector_objects.detect_boxes(synth_clip.left[:2], cfg)
+    second = detector_objects.detect_boxes(synth_clip.left[:2], cfg)
+    info = detector_objects.load_detector.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    # the cached model gives the same boxes
+    assert [[(d["label"], d["score"]) for d in f] for f in first] == [[(d["label"], d["score"]) for d in f] for f in second]
+
+
+def test_detector_backend_from_the_command_line(tiny_owlv2, synth_clip, tmp_path):
+    """A fresh `mllm4d curate --object-backend detector` process: the clip is decoded (decord) before
+    the detector runs, so torch must be loaded before that first decode (docs/stack.md, "Import
+    torch before the first decode"); otherwise torch's matrix products crash the process."""
+    import subprocess
+    import sys
+
+    clips = tmp_path / "clips"
+    save_clip(synth_clip, clips / "c0")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mllm4d_lite", "curate", "--clips", str(clips),
+                           "--out", str(tmp_path / "out"), "--object-backend", "detector",
+                           "--detector-model", str(tiny_owlv2), "--detector-labels", ",".join(LABELS),
+                           "--detector-threshold", "0.0", "--detector-min-track-fraction", "0.25"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ann = json.loads((tmp_path / "out" / "annotations" / f"{synth_clip.clip_id}.json").read_text())
+    assert ann["quality"]["objects"].startswith(f"detector: {tiny_owlv2}")

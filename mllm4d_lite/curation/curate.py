@@ -201,6 +201,10 @@ def curate_clip(source: ClipSource, out_dir: str, run: dict[str, Any]) -> dict[s
         done = receipts.load_done(source, out_dir, key, cfg.plot) if cfg.resume else None
         if done is not None:
             return done
+        if cfg.object_backend == "detector":
+            # torch before the first decode, or its matrix products crash after decord has loaded
+            # (docs/stack.md, "Import torch before the first decode"); the other backends never load torch
+            import torch  # noqa: F401
         t0 = time.perf_counter()
         clip = source.load(load_depth=cfg.score, max_frames=cfg.max_frames or None)
         load_s = time.perf_counter() - t0
