@@ -163,3 +163,16 @@ def test_side_by_side_video_end_to_end(tmp_path):
     est = np.asarray(ann["camera_centers"])
     path = np.linalg.norm(np.diff(gt, axis=0), axis=1).sum()
     assert np.median(np.linalg.norm(est - gt, axis=1)) <= max(0.05, 0.03 * path)
+
+
+def test_scorecard_text_with_only_static_cameras_says_so():
+    """All-static clips have no path length, so no "% of path": the line says why instead of nan%."""
+    from mllm4d_lite.curation.scorecard import scorecard_text
+
+    cam = {"ate_median_m": 0.0, "ate_median_pct_path": None, "ate_worst_median_m": 0.0, "clips_within_target": 2,
+           "static_max_drift_m": 0.0, "static_clips": 2}
+    text = scorecard_text({"clips": 2, "pass": {}, "camera": cam, "objects": {"absent": "no objects"}})
+    assert "nan" not in text and "(no clip with a camera path: all static)" in text
+    text = scorecard_text({"clips": 2, "pass": {}, "camera": {**cam, "ate_median_pct_path": 1.234},
+                           "objects": {"absent": "no objects"}})
+    assert "(1.2% of path)" in text

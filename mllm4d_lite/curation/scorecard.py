@@ -159,8 +159,9 @@ def scorecard_text(card: dict[str, Any]) -> str:
                      f"bad-3px {100 * d['bad_px']:.1f}% (uncovered counted bad)")
     c = card["camera"]
     lines.append(f"  camera ATE (evo, no alignment): median {100 * c['ate_median_m']:.1f} cm "
-                 f"({c['ate_median_pct_path'] if c['ate_median_pct_path'] is not None else float('nan'):.1f}% of path), "
-                 f"worst clip {100 * c['ate_worst_median_m']:.1f} cm; {c['clips_within_target']}/{card['clips']} clips "
+                 + (f"({c['ate_median_pct_path']:.1f}% of path), " if c["ate_median_pct_path"] is not None
+                    else "(no clip with a camera path: all static), ")
+                 + f"worst clip {100 * c['ate_worst_median_m']:.1f} cm; {c['clips_within_target']}/{card['clips']} clips "
                  f"within max(5 cm, 3%)"
                  + (f"; static drift max {100 * c['static_max_drift_m']:.2f} cm over {c['static_clips']} clips"
                     if c["static_max_drift_m"] is not None else ""))
