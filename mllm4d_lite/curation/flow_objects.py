@@ -627,8 +627,7 @@ def flow_objects(left: np.ndarray, disparity: np.ndarray, K: np.ndarray, baselin
 
     moving = np.zeros((n, H, W), bool)
     for a in range(n):
-        best = np.zeros((H, W), np.float32)
-        best_known = np.full((H, W), np.nan, np.float32)
+        best_known = np.full((H, W), np.nan, np.float32)  # best score over the gaps, NaN where never known
         for g in gaps:
             scores = []
             for b in (a + g, a - g):
@@ -639,9 +638,8 @@ def flow_objects(left: np.ndarray, disparity: np.ndarray, K: np.ndarray, baselin
                 scores.append(np.where(known, score, np.nan))
             # moving in both directions of time: a disparity or flow error of one pair rarely repeats in
             # the other; the long gap sees slow (e.g. depth) motion the short one misses
-            best = np.maximum(best, np.nan_to_num(np.fmin.reduce(scores), nan=0.0))
             best_known = np.fmax(best_known, np.fmin.reduce(scores))
-        moving[a] = moving_regions(best, disparity[a], K, baseline_m, cfg) > 0
+        moving[a] = moving_regions(np.nan_to_num(best_known, nan=0.0), disparity[a], K, baseline_m, cfg) > 0
         dg = min(cfg.flow_depth_gap, n - 1)
         proposals = depth_proposals(disparity[a], K, baseline_m, cfg) if (dg > 0 or cfg.flow_region_score > 0) else []
         moving[a] |= score_moving_regions(best_known, disparity[a], K, baseline_m, cfg, proposals, moving[a])
